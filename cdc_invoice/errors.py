@@ -1,0 +1,141 @@
+"""The exception tree. Each class's docstring is its default message.
+
+    CdcInvoiceError
+    ├── ConfigError                 bad or missing configuration (fix the config file / env)
+    ├── SchemaError
+    │   ├── SchemaNotInstalled      run `cdc-invoice install`
+    │   └── SchemaVersionMismatch   run `cdc-invoice install` (upgrade) or update the daemon
+    ├── OrderError                  this order cannot be invoiced as it stands (parked as failed)
+    │   ├── MappingError            customers / items missing from cdc_invoice.buyer / item_tax
+    │   └── InvalidOrder            amounts, rates, codes or names that break the invoice rules
+    └── ProviderError               the platform side
+        ├── ProviderRejected        the platform refused the request (terminal, has a code)
+        ├── ProviderUnavailable     5xx, garbage, connection refused (retryable)
+        ├── OutcomeUnknown          timeout / lost response after sending (retryable; query first)
+        └── ProviderAuthError       credentials, signature or token problems (retryable after fix)
+
+Errors are mapped once at each boundary (psycopg in db/, httpx in providers/) and carry data
+attributes so that the daemon can store them on the request row without parsing strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+class CdcInvoiceError(Exception):
+    """An error in cdc-invoice."""
+
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str | None = None, *, hint: str | None = None) -> None:
+        self.message = message or (self.__doc__ or "").strip()
+        self.hint = hint
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return f"{self.message} (hint: {self.hint})" if self.hint else self.message
+
+
+class ConfigError(CdcInvoiceError):
+    """The configuration is invalid."""
+
+
+class SchemaError(CdcInvoiceError):
+    """The cdc_invoice schema is not usable."""
+
+
+class SchemaNotInstalled(SchemaError):
+    """The cdc_invoice schema is not installed in this database."""
+
+
+class SchemaVersionMismatch(SchemaError):
+    """The installed cdc_invoice schema has another version than this program expects."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with an order: where, what, and how to fix it."""
+
+    message: str
+    line_no: int | None = None
+    field: str | None = None
+    fix: str | None = None
+
+    def __str__(self) -> str:
+        where = f"line {self.line_no}: " if self.line_no is not None else ""
+        fix = f" Fix: {self.fix}" if self.fix else ""
+        return f"{where}{self.message}.{fix}"
+
+
+class OrderError(CdcInvoiceError):
+    """The order cannot be invoiced as it stands."""
+
+    code: ClassVar[str] = "ORDER"
+
+    def __init__(
+        self,
+        problems: list[Problem],
+        *,
+        source: str | None = None,
+        order_ref: str | None = None,
+    ) -> None:
+        self.problems = problems
+        self.source = source
+        self.order_ref = order_ref
+        head = f"order {order_ref!r}" if order_ref is not None else "order"
+        if source:
+            head += f" of source {source!r}"
+        body = "; ".join(str(p) for p in problems) or (self.__doc__ or "").strip()
+        super().__init__(f"{head}: {body}")
+
+
+class MappingError(OrderError):
+    """Customers or items of the order have no mapping."""
+
+    code = "MAPPING"
+
+
+class InvalidOrder(OrderError):
+    """The order breaks the invoice rules."""
+
+    code = "INVALID"
+
+
+class ProviderError(CdcInvoiceError):
+    """The e-invoice platform call failed."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        hint: str | None = None,
+        method: str | None = None,
+    ) -> None:
+        self.code = code
+        self.method = method
+        super().__init__(message, hint=hint)
+
+
+class ProviderRejected(ProviderError):
+    """The platform rejected the request."""
+
+
+class ProviderUnavailable(ProviderError):
+    """The platform is unavailable or answered something that is not its protocol."""
+
+    retryable = True
+
+
+class OutcomeUnknown(ProviderError):
+    """The request was sent but no answer came back; the platform may have acted on it."""
+
+    retryable = True
+
+
+class ProviderAuthError(ProviderError):
+    """The platform refused the credentials, the signature or the access token."""
+
+    retryable = True

@@ -1,0 +1,1 @@
+"""E-invoice platforms behind one small async protocol (see base.Provider)."""

@@ -1,0 +1,1 @@
+"""Nuonuo open platform (诺诺开放平台, 诺税通 nuonuo.OpeMplatform.*) adapter."""
