@@ -1,0 +1,3 @@
+from cdc_invoice.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Everything that talks to PostgreSQL: schema install/verify, named queries, the repository."""

@@ -1,0 +1,25 @@
+"""An embedded PostgreSQL (the pgserver wheel) for the demo and for tests without a server."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def start(datadir: Path, *, keep: bool = False) -> tuple[str, Any]:
+    """Start (or reuse) a server whose data lives in ``datadir``; returns (dsn, handle).
+
+    With keep=False the server stops and its data is deleted when the process exits.
+    """
+    try:
+        import pgserver
+    except ImportError as exc:  # pragma: no cover - pgserver is a dependency
+        raise RuntimeError("the embedded PostgreSQL needs the pgserver package") from exc
+    datadir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(str(datadir), cleanup_mode=None if keep else "delete")
+    dsn = str(server.get_uri())
+    log.info("embedded PostgreSQL at %s", datadir)
+    return dsn, server

@@ -1,0 +1,310 @@
+"""The daemon's only door to the database: every query comes from sql/queries.sql by name.
+
+psycopg errors are mapped here, once: OperationalError (connection lost, server restarting) is
+``DatabaseUnavailable`` and the daemon retries; anything else is a bug and propagates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from functools import partial
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
+from psycopg_pool import AsyncConnectionPool
+
+from cdc_invoice.db.queries import q
+from cdc_invoice.errors import CdcInvoiceError
+from cdc_invoice.invoice.model import Buyer, ItemTax, Seller
+
+log = logging.getLogger(__name__)
+
+# Detect a dead peer within ~30 s even when idle (half-open TCP after a failover or a cut link).
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "connect_timeout": 10,
+}
+
+
+class DatabaseUnavailable(CdcInvoiceError):
+    """The database connection failed; the operation can be retried."""
+
+    retryable = True
+
+
+def _json_default(o: object) -> str:
+    if isinstance(o, Decimal):
+        return str(o)
+    if isinstance(o, datetime):
+        return o.isoformat()
+    raise TypeError(f"cannot serialise {type(o).__name__}")
+
+
+json_dumps = partial(json.dumps, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+# Numbers in documents are money and quantities: never let them become floats.
+json_loads = partial(json.loads, parse_float=Decimal)
+
+
+async def configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    set_json_loads(json_loads, conn)
+    set_json_dumps(json_dumps, conn)
+
+
+@dataclass(slots=True)
+class ClaimedRequest:
+    id: int
+    source: str
+    order_ref: str
+    kind: str
+    state: str  # 'claimed' (work to start) or 'submitted' (poll the platform)
+    attempt: int
+    retries: int
+    document: list[dict[str, Any]] | None
+    params: dict[str, Any] | None
+    invoice_id: int | None
+    platform_order_no: str
+    progress: dict[str, Any] | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """Who holds a request: completions only apply while this is still true."""
+
+    id: int
+    attempt: int
+
+
+class Repository:
+    def __init__(self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]], daemon_id: str) -> None:
+        self.pool = pool
+        self.daemon_id = daemon_id
+
+    @classmethod
+    async def open(cls, dsn: str, daemon_id: str, size: int = 4) -> Repository:
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+            dsn,
+            min_size=size,
+            max_size=size,
+            kwargs={"autocommit": True, **KEEPALIVES},
+            configure=configure_connection,
+            open=False,
+            reconnect_timeout=0,  # keep trying forever: the database may be restarting
+        )
+        await pool.open(wait=False)
+        return cls(pool, daemon_id)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        try:
+            async with self.pool.connection() as conn:
+                yield conn
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"database unavailable: {exc}".strip()) from exc
+        except TimeoutError as exc:  # PoolTimeout is a subclass of OperationalError; be safe
+            raise DatabaseUnavailable("database unavailable: no connection") from exc
+
+    # --- queue ---------------------------------------------------------------------------
+
+    async def claim(
+        self, limit: int, lease_seconds: float, kinds: Sequence[str] = ("issue",)
+    ) -> list[ClaimedRequest]:
+        async with self.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                q("claim_requests"),
+                {"limit": limit, "daemon_id": self.daemon_id, "lease_seconds": lease_seconds,
+                 "kinds": list(kinds)},
+            )
+            return [ClaimedRequest(**row) for row in await cur.fetchall()]
+
+    async def renew_leases(self, ids: Sequence[int], lease_seconds: float) -> None:
+        async with self.connection() as conn:
+            await conn.execute(
+                q("renew_leases"),
+                {"ids": list(ids), "daemon_id": self.daemon_id, "lease_seconds": lease_seconds},
+            )
+
+    async def mark_submitted(
+        self, fence: Fence, progress: dict[str, Any], serial: str | None, poll_after: float,
+        event: dict[str, Any],
+    ) -> bool:
+        async with self.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                q("mark_submitted"),
+                {"id": fence.id, "attempt": fence.attempt, "daemon_id": self.daemon_id,
+                 "progress": Jsonb(progress), "serial": serial, "poll_after": poll_after},
+            )
+            if cur.rowcount != 1:
+                return False
+            await self._event(conn, request_id=fence.id, **event)
+            return True
+
+    async def release_poll(self, fences: Sequence[Fence], poll_after: float) -> None:
+        if not fences:
+            return
+        async with self.connection() as conn:
+            await conn.execute(
+                q("release_poll"),
+                {"ids": [f.id for f in fences], "attempts": [f.attempt for f in fences],
+                 "daemon_id": self.daemon_id, "poll_after": poll_after},
+            )
+
+    async def release_retry(
+        self, fence: Fence, delay: float, error: str, code: str | None, hint: str | None,
+        event: dict[str, Any],
+    ) -> bool:
+        async with self.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                q("release_retry"),
+                {"id": fence.id, "attempt": fence.attempt, "daemon_id": self.daemon_id,
+                 "delay": delay, "error": error, "code": code, "hint": hint},
+            )
+            if cur.rowcount != 1:
+                return False
+            await self._event(conn, request_id=fence.id, **event)
+            return True
+
+    async def release_unclaimed(self, ids: Sequence[int]) -> None:
+        if ids:
+            async with self.connection() as conn:
+                await conn.execute(q("release_unclaimed"), {"ids": list(ids), "daemon_id": self.daemon_id})
+
+    async def mark_failed(
+        self, fence: Fence, error: str, code: str | None, hint: str | None, event: dict[str, Any]
+    ) -> bool:
+        async with self.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                q("mark_failed"),
+                {"id": fence.id, "attempt": fence.attempt, "daemon_id": self.daemon_id,
+                 "error": error, "code": code, "hint": hint},
+            )
+            if cur.rowcount != 1:
+                return False
+            await self._event(conn, request_id=fence.id, **event)
+            return True
+
+    async def record_invoices(self, batch: Sequence[tuple[Fence, list[dict[str, Any]]]]) -> list[int]:
+        """Record finished requests' invoices and mark them done, several per transaction.
+
+        Each request is fenced and kept in a savepoint, so one that lost its lease (or whose
+        invoice another worker recorded first) is skipped without undoing the others.
+        Returns the ids recorded.
+        """
+        done: list[int] = []
+        if not batch:
+            return done
+        async with self.connection() as conn, conn.transaction():
+            for fence, invoices in batch:
+                try:
+                    async with conn.transaction():
+                        cur = await conn.execute(
+                            q("mark_done"),
+                            {"id": fence.id, "attempt": fence.attempt, "daemon_id": self.daemon_id},
+                        )
+                        if cur.rowcount != 1:
+                            log.warning("request %s: lease lost before recording; skipped", fence.id)
+                            continue
+                        for original in invoices:
+                            inv = dict(original)  # the caller may retry the batch
+                            lines = inv.pop("lines")
+                            event_detail = inv.pop("event_detail", {})
+                            row = await (await conn.execute(q("insert_invoice"), inv)).fetchone()
+                            assert row is not None
+                            invoice_id = row[0]
+                            async with conn.cursor() as cur2:
+                                await cur2.executemany(
+                                    q("insert_invoice_line"),
+                                    [{**line, "invoice_id": invoice_id} for line in lines],
+                                )
+                            await self._event(
+                                conn, request_id=fence.id, invoice_id=invoice_id,
+                                source=inv["source"], order_ref=inv["order_ref"],
+                                event="invoice.recorded",
+                                detail={"invoice_number": inv["invoice_number"], **event_detail},
+                            )
+                        done.append(fence.id)
+                except psycopg.errors.UniqueViolation as exc:
+                    log.warning("request %s: invoice already recorded (%s); skipped", fence.id,
+                                exc.diag.constraint_name)
+        return done
+
+    async def _event(
+        self, conn: psycopg.AsyncConnection[Any], *, event: str, request_id: int | None = None,
+        invoice_id: int | None = None, source: str | None = None, order_ref: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        await conn.execute(
+            q("insert_event"),
+            {"actor": self.daemon_id, "request_id": request_id, "invoice_id": invoice_id,
+             "source": source, "order_ref": order_ref, "event": event,
+             "detail": Jsonb(detail) if detail is not None else None},
+        )
+
+    # --- reference data ----------------------------------------------------------------
+
+    async def source_sellers(self) -> dict[str, str]:
+        async with self.connection() as conn:
+            rows = await (await conn.execute(q("load_source"))).fetchall()
+            return {str(r[0]): str(r[1]) for r in rows}
+
+    async def seller(self, seller_id: str) -> Seller | None:
+        async with self.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(q("load_seller"), {"seller_id": seller_id})
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            return Seller(**{k: v for k, v in row.items() if v is not None})
+
+    async def mappings(
+        self, source: str, customer_refs: Sequence[str], item_refs: Sequence[str]
+    ) -> tuple[dict[str, Buyer], dict[str, ItemTax]]:
+        buyers: dict[str, Buyer] = {}
+        items: dict[str, ItemTax] = {}
+        async with self.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            if customer_refs:
+                await cur.execute(q("load_buyers"), {"refs": list(customer_refs), "source": source})
+                for r in await cur.fetchall():
+                    buyers[r["customer_ref"]] = Buyer(
+                        name=r["name"], tax_number=r["tax_number"], email=r["email"],
+                        phone=r["phone"], address=r["address"], bank_account=r["bank_account"],
+                        natural_person=r["natural_person"], invoice_line=r["invoice_type"],
+                    )
+            if item_refs:
+                await cur.execute(q("load_items"), {"refs": list(item_refs), "source": source})
+                for r in await cur.fetchall():
+                    items[r["item_ref"]] = ItemTax(
+                        item_ref=r["item_ref"], tax_code=r["tax_code"], tax_rate=r["tax_rate"],
+                        short_name=r["short_name"], policy_flag=r["policy_flag"],
+                    )
+        return buyers, items
+
+    # --- daemons -------------------------------------------------------------------------
+
+    async def register_daemon(self, host: str, pid: int, version: str) -> None:
+        async with self.connection() as conn:
+            await conn.execute(
+                q("daemon_register"),
+                {"daemon_id": self.daemon_id, "host": host, "pid": pid, "version": version},
+            )
+
+    async def heartbeat(self) -> None:
+        async with self.connection() as conn:
+            await conn.execute(q("daemon_heartbeat"), {"daemon_id": self.daemon_id})
+
+    async def daemon_stopped(self) -> None:
+        async with self.connection() as conn:
+            await conn.execute(q("daemon_stopped"), {"daemon_id": self.daemon_id})

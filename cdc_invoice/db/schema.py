@@ -1,0 +1,164 @@
+"""Install, upgrade, verify and uninstall the cdc_invoice schema (sync: these are admin commands).
+
+Install is one transaction under an advisory lock:
+  fresh database  -> schema.sql                      (tables of the current version)
+  older version   -> migrations/NNNN_*.sql > version (forward-only)
+  then always     -> api.sql, roles.sql, reports.sql (CREATE OR REPLACE: functions, roles, views)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.rows import dict_row
+
+from cdc_invoice.db.queries import latest_version, migrations, q, sql_file
+from cdc_invoice.errors import SchemaNotInstalled, SchemaVersionMismatch
+
+REPLACEABLE = ("api.sql", "roles.sql", "reports.sql")
+
+
+def install_script() -> str:
+    """The whole fresh install as one script, for `cdc-invoice sql | psql`."""
+    parts = ["-- cdc-invoice install script (schema version %d)" % latest_version(), "BEGIN;"]
+    parts += [f"-- ===== sql/{name}\n{sql_file(name)}" for name in ("schema.sql", *REPLACEABLE)]
+    parts.append("COMMIT;")
+    return "\n\n".join(parts) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class InstallResult:
+    before: int | None  # version found, None for a fresh install
+    after: int
+    applied: list[str]
+
+    def describe(self) -> str:
+        if self.before is None:
+            return f"installed cdc_invoice schema version {self.after}"
+        if self.before == self.after:
+            return f"cdc_invoice schema version {self.after} is current (functions and views refreshed)"
+        return f"upgraded cdc_invoice schema {self.before} -> {self.after} ({', '.join(self.applied)})"
+
+
+def installed_version(conn: psycopg.Connection[tuple[object, ...]]) -> int | None:
+    row = conn.execute(q("schema_exists", "admin.sql")).fetchone()
+    if not row or not row[0]:
+        return None
+    ver = conn.execute(q("schema_version")).fetchone()
+    return int(ver[0]) if ver and ver[0] is not None else None
+
+
+def install(dsn: str) -> InstallResult:
+    with psycopg.connect(dsn) as conn, conn.transaction():
+        conn.execute(q("install_lock", "admin.sql"))
+        return _install_in(conn)
+
+
+def _install_in(conn: psycopg.Connection[tuple[object, ...]]) -> InstallResult:
+    before = installed_version(conn)
+    latest = latest_version()
+    applied: list[str] = []
+    if before is None:
+        conn.execute(sql_file("schema.sql"))
+        applied.append("schema.sql")
+    elif before > latest:
+        raise SchemaVersionMismatch(
+            f"the database has cdc_invoice schema version {before}, newer than this program's "
+            f"{latest}",
+            hint="upgrade cdc-invoice on this machine; never downgrade the schema",
+        )
+    else:
+        for version, name in migrations():
+            if version > before:
+                conn.execute(sql_file(name))
+                applied.append(name)
+    for name in REPLACEABLE:
+        conn.execute(sql_file(name))
+    return InstallResult(before, latest, applied)
+
+
+def check_version(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+    """The daemon's start-up check: the installed version must be the one it was built for."""
+    version = installed_version(conn)
+    if version is None:
+        raise SchemaNotInstalled(hint="run `cdc-invoice install --dsn …` (or `cdc-invoice sql | psql`)")
+    if version != latest_version():
+        raise SchemaVersionMismatch(
+            f"installed cdc_invoice schema version {version}, this daemon needs {latest_version()}",
+            hint="run `cdc-invoice install --dsn …` to upgrade"
+            if version < latest_version()
+            else "upgrade the cdc-invoice package on this machine",
+        )
+    return version
+
+
+def catalogue(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> dict[tuple[str, str], str]:
+    """{(kind, name): definition} of every object in ``schema``, schema name replaced by '@'."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(q("catalogue", "admin.sql"), {"schema": schema})
+        return {
+            # Literals may name the schema too (e.g. 'cdc_invoice.retry(…)' in a view).
+            (r["kind"], r["name"]): str(r["definition"])
+            .replace(schema + ".", "@.")
+            .replace("cdc_invoice.", "@.")
+            for r in cur.fetchall()
+        }
+
+
+def diff_catalogues(actual: dict[tuple[str, str], str], expected: dict[tuple[str, str], str]) -> list[str]:
+    lines = []
+    for key in sorted(expected.keys() - actual.keys()):
+        lines.append(f"missing {key[0]} {key[1]}: {expected[key]}")
+    for key in sorted(actual.keys() - expected.keys()):
+        lines.append(f"unexpected {key[0]} {key[1]}: {actual[key]}")
+    for key in sorted(actual.keys() & expected.keys()):
+        if actual[key] != expected[key]:
+            lines.append(f"changed {key[0]} {key[1]}: found {actual[key]!r}, expected {expected[key]!r}")
+    return lines
+
+
+def verify(dsn: str) -> list[str]:
+    """Differences between the installed schema and a fresh install of this version.
+
+    Builds the fresh install beside the real one inside a transaction that is rolled back
+    (DDL is transactional), so nothing changes; the schema is locked for those milliseconds.
+    """
+    with psycopg.connect(dsn) as conn:
+        version = installed_version(conn)
+        if version is None:
+            return ["cdc_invoice schema is not installed: run `cdc-invoice install`"]
+        problems = []
+        if version != latest_version():
+            problems.append(
+                f"schema version {version} installed, {latest_version()} expected: run `cdc-invoice install`"
+            )
+        try:
+            with conn.transaction():
+                conn.execute(q("rename_schema_aside", "admin.sql"))
+                conn.execute(sql_file("schema.sql"))
+                for name in REPLACEABLE:
+                    conn.execute(sql_file(name))
+                expected = catalogue(conn, "cdc_invoice")
+                actual = catalogue(conn, "cdc_invoice_verify_installed")
+                problems += diff_catalogues(actual, expected)
+                raise _Rollback
+        except _Rollback:
+            pass
+        return problems
+
+
+class _Rollback(Exception):
+    """Leaves verify's transaction without committing."""
+
+
+def uninstall(dsn: str) -> list[str]:
+    """Detach every source (drops their triggers) and drop the schema. Roles are kept."""
+    with psycopg.connect(dsn) as conn, conn.transaction():
+        if installed_version(conn) is None:
+            return []
+        sources = [str(r[0]) for r in conn.execute(q("attached_sources", "admin.sql")).fetchall()]
+        for source in sources:
+            conn.execute("SELECT cdc_invoice.detach(%s)", (source,))
+        conn.execute(q("drop_schema", "admin.sql"))
+        return sources

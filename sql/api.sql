@@ -1,0 +1,293 @@
+-- cdc-invoice functions. Re-applied (CREATE OR REPLACE) on every install and upgrade.
+-- Errors use SQLSTATE class 'CI' with a HINT a DBA can act on:
+--   CI001 bad argument   CI002 missing object   CI003 document view lacks columns
+--   CI004 bad expression CI005 not found        CI006 not allowed
+
+-- The audit log is append-only: corrections are new events, never edits.
+CREATE OR REPLACE FUNCTION cdc_invoice.event_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'cdc_invoice.event is append-only (% refused)', TG_OP
+        USING ERRCODE = 'CI006', HINT = 'Record a correction as a new event instead.';
+END $$;
+
+DROP TRIGGER IF EXISTS event_append_only ON cdc_invoice.event;
+CREATE TRIGGER event_append_only BEFORE UPDATE OR DELETE ON cdc_invoice.event
+    FOR EACH ROW EXECUTE FUNCTION cdc_invoice.event_append_only();
+
+-- Names of the objects attach() generates for a source: derived from a hash of the source
+-- name, so any source name (quotes, spaces, Chinese) yields safe, short identifiers.
+CREATE OR REPLACE FUNCTION cdc_invoice.object_name(source text, suffix text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'cdc_invoice_' || substr(md5(source), 1, 12) || '_' || suffix
+$$;
+
+-- attach(): capture completed orders of one table. Idempotent: attaching again with the same
+-- or new arguments replaces the triggers. Nothing in the inventory schema changes except the
+-- triggers on order_table.
+--
+--   source       a name for this order stream (1-40 characters, any)
+--   order_table  the order table, as regclass text ('public.orders', '"销售单"')
+--   order_key    the key column's exact name ('order_id', '单号')
+--   issue_when   SQL boolean over NEW (and OLD on UPDATE): when an order is complete
+--   document     view with one row per invoice line (see the canonical columns in the docs)
+--   seller       cdc_invoice.seller.seller_id
+--   reverse_when optional SQL boolean: when a full red-letter reversal is requested
+CREATE OR REPLACE FUNCTION cdc_invoice.attach(
+    source       text,
+    order_table  text,
+    order_key    text,
+    issue_when   text,
+    document     text,
+    seller       text,
+    reverse_when text DEFAULT NULL
+) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_table      regclass;
+    v_view       regclass;
+    v_key_type   text;
+    v_ref_type   text;
+    v_missing    text[];
+    v_fn         text := cdc_invoice.object_name(attach.source, 'capture');
+    v_match      text;
+    v_old_refs   boolean;
+    v_required   text[] := ARRAY['order_ref', 'line_no', 'quantity', 'unit_price'];
+    v_cols       text[];
+BEGIN
+    IF attach.source IS NULL OR length(attach.source) NOT BETWEEN 1 AND 40 THEN
+        RAISE EXCEPTION 'source name must be 1 to 40 characters, got %', quote_nullable(attach.source)
+            USING ERRCODE = 'CI001', HINT = 'Pick a short name for the order stream, e.g. ''shop''.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM cdc_invoice.seller s WHERE s.seller_id = attach.seller) THEN
+        RAISE EXCEPTION 'seller % does not exist', quote_nullable(attach.seller)
+            USING ERRCODE = 'CI002',
+                  HINT = 'INSERT INTO cdc_invoice.seller (seller_id, tax_number, name) VALUES (...) first.';
+    END IF;
+
+    BEGIN
+        v_table := order_table::regclass;
+    EXCEPTION WHEN invalid_name OR undefined_table OR invalid_schema_name OR syntax_error THEN
+        RAISE EXCEPTION 'order table % does not exist', quote_nullable(order_table)
+            USING ERRCODE = 'CI002',
+                  HINT = 'Give it as regclass text: schema.table, with double quotes around mixed-case names.';
+    END;
+    IF (SELECT c.relkind FROM pg_class c WHERE c.oid = v_table) NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', v_table USING ERRCODE = 'CI001',
+            HINT = 'Attach the table the application updates, not a view.';
+    END IF;
+
+    SELECT format_type(a.atttypid, a.atttypmod) INTO v_key_type
+      FROM pg_attribute a
+     WHERE a.attrelid = v_table AND a.attname = order_key AND a.attnum > 0 AND NOT a.attisdropped;
+    IF v_key_type IS NULL THEN
+        RAISE EXCEPTION 'column % does not exist in %', quote_nullable(order_key), v_table
+            USING ERRCODE = 'CI002', HINT = 'order_key is the exact column name, without quotes.';
+    END IF;
+
+    BEGIN
+        v_view := document::regclass;
+    EXCEPTION WHEN invalid_name OR undefined_table OR invalid_schema_name OR syntax_error THEN
+        RAISE EXCEPTION 'document view % does not exist', quote_nullable(document)
+            USING ERRCODE = 'CI002', HINT = 'CREATE VIEW it first; see the DBA guide for its columns.';
+    END;
+    SELECT array_agg(a.attname::text) INTO v_cols
+      FROM pg_attribute a WHERE a.attrelid = v_view AND a.attnum > 0 AND NOT a.attisdropped;
+    SELECT array_agg(r) INTO v_missing FROM unnest(v_required) r WHERE r <> ALL (v_cols);
+    IF NOT (v_cols && ARRAY['item_ref', 'item_name']) THEN
+        v_missing := v_missing || 'item_ref or item_name'::text;
+    END IF;
+    IF NOT (v_cols && ARRAY['customer_ref', 'buyer_name']) THEN
+        v_missing := v_missing || 'customer_ref or buyer_name'::text;
+    END IF;
+    IF v_missing IS NOT NULL AND cardinality(v_missing) > 0 THEN
+        RAISE EXCEPTION 'document view % lacks column(s): %', v_view, array_to_string(v_missing, ', ')
+            USING ERRCODE = 'CI003',
+                  HINT = 'Alias the view''s columns to the canonical names (order_ref, line_no, item_ref, quantity, unit_price, customer_ref, ...).';
+    END IF;
+    SELECT format_type(a.atttypid, a.atttypmod) INTO v_ref_type
+      FROM pg_attribute a WHERE a.attrelid = v_view AND a.attname = 'order_ref';
+    -- Same type: compare natively so an index on the order key serves the snapshot query.
+    v_match := CASE WHEN v_ref_type = v_key_type
+                    THEN format('d.order_ref = NEW.%I', order_key)
+                    ELSE format('d.order_ref::text = NEW.%I::text', order_key) END;
+
+    v_old_refs := cdc_invoice._check_condition(v_table, 'issue_when', issue_when);
+    IF reverse_when IS NOT NULL THEN
+        PERFORM cdc_invoice._check_condition(v_table, 'reverse_when', reverse_when);
+    END IF;
+
+    PERFORM cdc_invoice._drop_triggers(attach.source);
+
+    -- The capture function runs at commit (deferred constraint trigger), so the snapshot sees
+    -- order lines written later in the same transaction. It runs as the schema owner so the
+    -- application role needs no rights on cdc_invoice, hence the pinned search_path.
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION cdc_invoice.%1$I() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+        BEGIN
+            IF TG_ARGV[0] = 'issue' THEN
+                IF TG_ARGV[1] = 'check' AND NOT coalesce((%5$s), false) THEN
+                    RETURN NULL;
+                END IF;
+                INSERT INTO cdc_invoice.request (source, order_ref, kind, document)
+                VALUES (%2$L, NEW.%3$I::text, 'issue',
+                        coalesce((SELECT jsonb_agg(to_jsonb(d)) FROM %4$s d WHERE %6$s), '[]'::jsonb))
+                ON CONFLICT (source, order_ref, kind, seq) DO NOTHING;
+            ELSE
+                INSERT INTO cdc_invoice.request (source, order_ref, kind, params)
+                VALUES (%2$L, NEW.%3$I::text, 'reverse',
+                        jsonb_build_object('reason', 'sales_return', 'full', true, 'trigger', true))
+                ON CONFLICT (source, order_ref, kind, seq) DO NOTHING;
+            END IF;
+            -- Coalesced wake-up: NOTIFY serialises commits cluster-wide, so only the transaction
+            -- that wins this lock notifies; concurrent ones are drained on the same wake-up.
+            IF pg_try_advisory_xact_lock(1128547145, 1) THEN
+                PERFORM pg_notify('cdc_invoice', '');
+            END IF;
+            RETURN NULL;
+        END
+        $body$ $f$, v_fn, attach.source, order_key, v_view, issue_when, v_match);
+
+    -- UPDATE: WHEN filters at event time, so non-qualifying updates never call the function.
+    EXECUTE format('CREATE CONSTRAINT TRIGGER %I AFTER UPDATE ON %s DEFERRABLE INITIALLY DEFERRED '
+                   'FOR EACH ROW WHEN (%s) EXECUTE FUNCTION cdc_invoice.%I(''issue'', ''when'')',
+                   cdc_invoice.object_name(attach.source, 'issue_upd'), v_table, issue_when, v_fn);
+    -- INSERT: OLD cannot appear in a WHEN clause of an INSERT trigger; when the condition
+    -- mentions OLD (NULL on INSERT) the function evaluates it instead.
+    IF v_old_refs THEN
+        EXECUTE format('CREATE CONSTRAINT TRIGGER %I AFTER INSERT ON %s DEFERRABLE INITIALLY DEFERRED '
+                       'FOR EACH ROW EXECUTE FUNCTION cdc_invoice.%I(''issue'', ''check'')',
+                       cdc_invoice.object_name(attach.source, 'issue_ins'), v_table, v_fn);
+    ELSE
+        EXECUTE format('CREATE CONSTRAINT TRIGGER %I AFTER INSERT ON %s DEFERRABLE INITIALLY DEFERRED '
+                       'FOR EACH ROW WHEN (%s) EXECUTE FUNCTION cdc_invoice.%I(''issue'', ''when'')',
+                       cdc_invoice.object_name(attach.source, 'issue_ins'), v_table, issue_when, v_fn);
+    END IF;
+    IF reverse_when IS NOT NULL THEN
+        EXECUTE format('CREATE CONSTRAINT TRIGGER %I AFTER UPDATE ON %s DEFERRABLE INITIALLY DEFERRED '
+                       'FOR EACH ROW WHEN (%s) EXECUTE FUNCTION cdc_invoice.%I(''reverse'', ''when'')',
+                       cdc_invoice.object_name(attach.source, 'reverse_upd'), v_table, reverse_when, v_fn);
+    END IF;
+
+    INSERT INTO cdc_invoice.source AS s (source, order_table, order_key, key_type, issue_when,
+                                         reverse_when, document, seller_id, capture_fn)
+    VALUES (attach.source, v_table::text, order_key, v_key_type, issue_when, reverse_when,
+            v_view::text, attach.seller, v_fn)
+    ON CONFLICT ON CONSTRAINT source_pkey DO UPDATE
+       SET order_table = EXCLUDED.order_table, order_key = EXCLUDED.order_key,
+           key_type = EXCLUDED.key_type, issue_when = EXCLUDED.issue_when,
+           reverse_when = EXCLUDED.reverse_when, document = EXCLUDED.document,
+           seller_id = EXCLUDED.seller_id, capture_fn = EXCLUDED.capture_fn,
+           attached_at = now(), attached_by = current_user;
+    INSERT INTO cdc_invoice.event (source, event, detail)
+    VALUES (attach.source, 'source.attached',
+            jsonb_build_object('order_table', v_table::text, 'order_key', order_key,
+                               'issue_when', issue_when, 'reverse_when', reverse_when,
+                               'document', v_view::text, 'seller', attach.seller));
+    RETURN format('attached %s to %s (issue when: %s)', attach.source, v_table, issue_when);
+END $$;
+
+-- Validates a trigger condition by planning it against the table with NEW and OLD as aliases.
+-- Returns whether it mentions OLD. The condition is the DBA's own SQL by design; what we guard
+-- against is a condition that is not a single boolean expression.
+CREATE OR REPLACE FUNCTION cdc_invoice._check_condition(tbl regclass, what text, cond text)
+RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF cond IS NULL OR btrim(cond) = '' THEN
+        RAISE EXCEPTION '% must not be empty', what USING ERRCODE = 'CI004',
+            HINT = 'e.g. $c$NEW.status = ''shipped''$c$';
+    END IF;
+    IF position(';' IN cond) > 0 OR cond ~ '--|/\*' THEN
+        RAISE EXCEPTION '% must be a single boolean expression (no ";" or comments): %', what, cond
+            USING ERRCODE = 'CI004', HINT = 'e.g. NEW.status = ''shipped'' AND OLD.status <> ''shipped''';
+    END IF;
+    BEGIN
+        EXECUTE format('SELECT 1 FROM %s AS new WHERE (%s) LIMIT 0', tbl, cond);
+        RETURN false;
+    EXCEPTION WHEN undefined_table THEN
+        NULL;  -- mentions OLD (or another table): try again with OLD
+    WHEN OTHERS THEN
+        RAISE EXCEPTION '% is not a valid condition on %: %', what, tbl, SQLERRM
+            USING ERRCODE = 'CI004', HINT = 'Write a boolean expression over NEW.<column> (and OLD.<column> for updates).';
+    END;
+    BEGIN
+        EXECUTE format('SELECT 1 FROM %s AS new, %s AS old WHERE (%s) LIMIT 0', tbl, tbl, cond);
+    EXCEPTION WHEN OTHERS THEN
+        RAISE EXCEPTION '% is not a valid condition on %: %', what, tbl, SQLERRM
+            USING ERRCODE = 'CI004', HINT = 'Write a boolean expression over NEW.<column> (and OLD.<column> for updates).';
+    END;
+    RETURN true;
+END $$;
+
+CREATE OR REPLACE FUNCTION cdc_invoice._drop_triggers(p_source text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT t.tgname, t.tgrelid::regclass AS tbl
+               FROM pg_trigger t
+              WHERE t.tgname IN (cdc_invoice.object_name(p_source, 'issue_upd'),
+                                 cdc_invoice.object_name(p_source, 'issue_ins'),
+                                 cdc_invoice.object_name(p_source, 'reverse_upd'))
+                AND t.tgparentid = 0
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', r.tgname, r.tbl);
+    END LOOP;
+END $$;
+
+-- detach(): remove the triggers of a source. Requests and invoices stay.
+CREATE OR REPLACE FUNCTION cdc_invoice.detach(source text) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM cdc_invoice.source s WHERE s.source = detach.source) THEN
+        RAISE EXCEPTION 'source % is not attached', quote_nullable(detach.source)
+            USING ERRCODE = 'CI005', HINT = 'SELECT source FROM cdc_invoice.source lists attached sources.';
+    END IF;
+    PERFORM cdc_invoice._drop_triggers(detach.source);
+    EXECUTE format('DROP FUNCTION IF EXISTS cdc_invoice.%I()', cdc_invoice.object_name(detach.source, 'capture'));
+    DELETE FROM cdc_invoice.source s WHERE s.source = detach.source;
+    INSERT INTO cdc_invoice.event (source, event) VALUES (detach.source, 'source.detached');
+    RETURN format('detached %s', detach.source);
+END $$;
+
+-- retry(): put a failed (or cancelled) request back in the queue, now.
+CREATE OR REPLACE FUNCTION cdc_invoice.retry(request_id bigint) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    UPDATE cdc_invoice.request r
+       SET state = 'pending', run_after = now(), retries = 0, claimed_by = NULL, lease_until = NULL,
+           last_error = NULL, error_code = NULL, hint = NULL, updated_at = now()
+     WHERE r.id = retry.request_id AND r.state IN ('failed', 'cancelled')
+    RETURNING r.id INTO v_id;
+    IF v_id IS NULL THEN
+        RAISE EXCEPTION 'request % is not failed or cancelled', retry.request_id
+            USING ERRCODE = 'CI005', HINT = 'SELECT id, state FROM cdc_invoice.request WHERE state = ''failed''';
+    END IF;
+    INSERT INTO cdc_invoice.event (request_id, event) VALUES (v_id, 'request.retried');
+    PERFORM pg_notify('cdc_invoice', '');
+    RETURN v_id;
+END $$;
+
+-- retry_failed(): every failed request (of one source) back in the queue. Returns the count.
+CREATE OR REPLACE FUNCTION cdc_invoice.retry_failed(source text DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_n bigint;
+BEGIN
+    WITH retried AS (
+        UPDATE cdc_invoice.request r
+           SET state = 'pending', run_after = now(), retries = 0, claimed_by = NULL,
+               lease_until = NULL, last_error = NULL, error_code = NULL, hint = NULL, updated_at = now()
+         WHERE r.state = 'failed' AND (retry_failed.source IS NULL OR r.source = retry_failed.source)
+        RETURNING r.id
+    ), logged AS (
+        INSERT INTO cdc_invoice.event (request_id, event) SELECT id, 'request.retried' FROM retried
+    )
+    SELECT count(*) INTO v_n FROM retried;
+    PERFORM pg_notify('cdc_invoice', '');
+    RETURN v_n;
+END $$;

@@ -1,0 +1,45 @@
+-- Roles (cluster-wide, NOLOGIN; grant them to login roles). Re-applied on every install.
+--   cdc_invoice_daemon    what the daemon needs and no more (no access to inventory tables)
+--   cdc_invoice_operator  the request_* / retry functions, plus reading
+--   cdc_invoice_reader    the report views
+-- On managed services the installer may lack CREATEROLE: then the roles are skipped with a
+-- NOTICE and the DBA creates them (same names) before running install again.
+DO $$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['cdc_invoice_daemon', 'cdc_invoice_operator', 'cdc_invoice_reader'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+            EXCEPTION WHEN insufficient_privilege THEN
+                RAISE NOTICE 'cannot create role % (needs CREATEROLE); create it and re-run install', r;
+            END;
+        END IF;
+    END LOOP;
+END $$;
+
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cdc_invoice_reader') THEN
+        GRANT USAGE ON SCHEMA cdc_invoice TO cdc_invoice_reader;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cdc_invoice_operator') THEN
+        GRANT USAGE ON SCHEMA cdc_invoice TO cdc_invoice_operator;
+        GRANT cdc_invoice_reader TO cdc_invoice_operator;
+        GRANT EXECUTE ON FUNCTION cdc_invoice.retry(bigint), cdc_invoice.retry_failed(text)
+            TO cdc_invoice_operator;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cdc_invoice_daemon') THEN
+        GRANT USAGE ON SCHEMA cdc_invoice TO cdc_invoice_daemon;
+        GRANT SELECT ON cdc_invoice.schema_version, cdc_invoice.installation, cdc_invoice.seller,
+                        cdc_invoice.item_tax, cdc_invoice.buyer, cdc_invoice.source
+            TO cdc_invoice_daemon;
+        GRANT SELECT, INSERT, UPDATE ON cdc_invoice.request, cdc_invoice.invoice,
+                        cdc_invoice.invoice_line, cdc_invoice.provider_token, cdc_invoice.daemon
+            TO cdc_invoice_daemon;
+        GRANT SELECT, INSERT ON cdc_invoice.event TO cdc_invoice_daemon;
+    END IF;
+END $$;
+-- Everything else in the schema is reachable only through these grants.
+REVOKE ALL ON SCHEMA cdc_invoice FROM PUBLIC;
