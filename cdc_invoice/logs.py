@@ -35,5 +35,5 @@ def setup(verbosity: int = 0, fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Libraries speak at DEBUG only when asked twice (-vv): their DEBUG is request-level noise.
-    for noisy in ("httpx", "httpcore", "psycopg", "aiohttp.access"):
+    for noisy in ("httpx", "httpcore", "psycopg", "aiohttp.access", "pgserver"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbosity >= 2 else logging.WARNING)

@@ -145,7 +145,7 @@ UPDATE cdc_invoice.daemon SET stopped_at = now() WHERE daemon_id = %(daemon_id)s
 -- Serialises token fetches across daemons (the platform allows 50 per 30 days). The row lock
 -- is held across one short HTTP call to the token endpoint, on a connection of its own.
 INSERT INTO cdc_invoice.provider_token (app_key, token_encrypted, expires_at, fetched_by)
-VALUES (%(app_key)s, '\x', '-infinity', 'nobody')
+VALUES (%(app_key)s, '\x', 'epoch', 'nobody')
 ON CONFLICT (app_key) DO NOTHING;
 
 -- name: token_select_for_update

@@ -1,0 +1,1 @@
+"""The listener daemon: LISTEN/poll → claim → compute → platform → poll results → record."""

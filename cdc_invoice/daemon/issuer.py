@@ -1,0 +1,300 @@
+"""Issue requests: compute the invoices of an order, submit them, poll the results, record them.
+
+Never two invoices for one order:
+  * the platform order number (idempotency key) is fixed when the request is claimed, and the
+    claim itself commits the attempt, before any platform call;
+  * any attempt after the first asks the platform by order number first and adopts what it
+    finds (after checking buyer and totals) instead of issuing again;
+  * every completion is fenced by (claimed_by, attempt), and invoice numbers and order
+    numbers are unique in cdc_invoice.invoice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cdc_invoice.daemon.backoff import retry_delay
+from cdc_invoice.daemon.drafts import (
+    draft_from_json,
+    draft_to_json,
+    invoice_row,
+    mismatch,
+    order_no,
+)
+from cdc_invoice.db.repository import ClaimedRequest, DatabaseUnavailable, Fence, Repository
+from cdc_invoice.errors import (
+    CdcInvoiceError,
+    InvalidOrder,
+    OrderError,
+    OutcomeUnknown,
+    Problem,
+    ProviderError,
+    ProviderRejected,
+)
+from cdc_invoice.invoice import compute, mapping
+from cdc_invoice.invoice.model import InvoiceDraft, Seller
+from cdc_invoice.providers.base import PlatformInvoice, Provider
+
+log = logging.getLogger(__name__)
+
+# Platform codes that mean "that order number exists already": resolve by querying, never fail.
+ALREADY_EXISTS = {"E9106"}
+
+
+class SellerCache:
+    """source -> Seller, refreshed every ``ttl`` seconds (DBAs edit the seller table rarely)."""
+
+    def __init__(self, repo: Repository, ttl: float = 30.0) -> None:
+        self.repo = repo
+        self.ttl = ttl
+        self._loaded = 0.0
+        self._by_source: dict[str, Seller] = {}
+
+    async def for_source(self, source: str) -> Seller:
+        if time.monotonic() - self._loaded > self.ttl or source not in self._by_source:
+            await self._reload()
+        try:
+            return self._by_source[source]
+        except KeyError:
+            raise InvalidOrder(
+                [Problem(f"source {source!r} is not attached or its seller is missing",
+                         fix="SELECT * FROM cdc_invoice.source; re-run cdc_invoice.attach(...)")],
+                source=source,
+            ) from None
+
+    async def _reload(self) -> None:
+        sellers: dict[str, Seller] = {}
+        by_source: dict[str, Seller] = {}
+        for source, seller_id in (await self.repo.source_sellers()).items():
+            if seller_id not in sellers:
+                seller = await self.repo.seller(seller_id)
+                if seller is None:
+                    continue
+                sellers[seller_id] = seller
+            by_source[source] = sellers[seller_id]
+        self._by_source = by_source
+        self._loaded = time.monotonic()
+
+
+@dataclass(slots=True)
+class Stats:
+    issued: int = 0
+    adopted: int = 0
+    recorded: int = 0
+    failed: int = 0
+    retried: int = 0
+
+
+class Issuer:
+    def __init__(
+        self,
+        repo: Repository,
+        provider: Provider,
+        sellers: SellerCache,
+        *,
+        result_poll_seconds: float = 0.5,
+        max_backoff_seconds: float = 300.0,
+    ) -> None:
+        self.repo = repo
+        self.provider = provider
+        self.sellers = sellers
+        self.result_poll_seconds = result_poll_seconds
+        self.max_backoff_seconds = max_backoff_seconds
+        self.stats = Stats()
+
+    # --- a claimed request that has not reached the platform (as far as we know) -----------
+
+    async def start(self, req: ClaimedRequest) -> None:
+        fence = Fence(req.id, req.attempt)
+        try:
+            seller = await self.sellers.for_source(req.source)
+            drafts = await self._compute(req, seller)
+            parts = await self._submit(req, seller, drafts)
+        except OrderError as exc:
+            await self._fail(req, fence, str(exc), exc.code, _order_hint(exc))
+            return
+        except ProviderRejected as exc:
+            await self._fail(req, fence, f"platform rejected order {req.order_ref!r}: {exc.message}",
+                             exc.code, exc.hint)
+            return
+        except (ProviderError, DatabaseUnavailable) as exc:
+            await self._retry(req, fence, exc)
+            return
+        progress = {"parts": parts}
+        serial = parts[0]["serial"] if len(parts) == 1 else None
+        ok = await self.repo.mark_submitted(
+            fence, progress, serial, self.result_poll_seconds,
+            event={"event": "platform.submitted", "source": req.source, "order_ref": req.order_ref,
+                   "detail": {"parts": [{k: p[k] for k in ("order_no", "serial", "adopted")}
+                                        for p in parts]}},
+        )
+        if not ok:
+            log.warning("request %s lost its lease while submitting; the new holder adopts it", req.id)
+
+    async def _compute(self, req: ClaimedRequest, seller: Seller) -> list[InvoiceDraft]:
+        rows = req.document or []
+        customer_refs, item_refs = mapping.document_refs(rows)
+        buyers, items = await self.repo.mappings(req.source, sorted(customer_refs), sorted(item_refs))
+        order = mapping.build_order(req.source, req.order_ref, rows, buyers, items, seller)
+        return compute.build_invoices(order, seller)
+
+    async def _submit(
+        self, req: ClaimedRequest, seller: Seller, drafts: Sequence[InvoiceDraft]
+    ) -> list[dict[str, Any]]:
+        numbers = [order_no(req.platform_order_no, d.part) for d in drafts]
+        found: dict[str, PlatformInvoice] = {}
+        if req.attempt > 1:
+            # A previous attempt may have reached the platform (lost response, killed worker).
+            for i in range(0, len(numbers), self.provider.max_query_batch):
+                for inv in await self.provider.query_by_order_nos(
+                    seller, numbers[i : i + self.provider.max_query_batch]
+                ):
+                    found[inv.order_no] = inv
+        parts: list[dict[str, Any]] = []
+        for draft, number in zip(drafts, numbers, strict=True):
+            existing = found.get(number)
+            if existing is not None:
+                why = mismatch(draft, existing)
+                if why:
+                    raise InvalidOrder(
+                        [Problem(f"the platform holds invoice {existing.serial} under our order "
+                                 f"number {number} but it differs from the order ({why})",
+                                 fix="compare with the platform; the order changed after issue?")],
+                        source=req.source, order_ref=req.order_ref,
+                    )
+                if existing.status == "failed":
+                    raise ProviderRejected(
+                        f"the platform failed invoice {existing.serial}: {existing.fail_cause}",
+                        code="ISSUE_FAILED", hint="fix the cause, then SELECT cdc_invoice.retry(id)")
+                self.stats.adopted += 1
+                parts.append({"part": draft.part, "order_no": number, "serial": existing.serial,
+                              "adopted": True, "draft": draft_to_json(draft)})
+                continue
+            try:
+                accepted = await self.provider.issue(seller, draft, number)
+            except ProviderRejected as exc:
+                if exc.code in ALREADY_EXISTS:
+                    # Ours from an attempt whose answer was lost; resolve by querying next time.
+                    raise OutcomeUnknown(f"order number {number} already at the platform",
+                                         code=exc.code) from exc
+                raise
+            self.stats.issued += 1
+            parts.append({"part": draft.part, "order_no": number, "serial": accepted.serial,
+                          "adopted": False, "draft": draft_to_json(draft)})
+        return parts
+
+    # --- submitted requests: poll in batches of up to max_query_batch serials ----------------
+
+    async def poll(self, reqs: Sequence[ClaimedRequest]) -> None:
+        by_seller: dict[str, list[ClaimedRequest]] = defaultdict(list)
+        sellers: dict[str, Seller] = {}
+        for req in reqs:
+            try:
+                seller = await self.sellers.for_source(req.source)
+            except CdcInvoiceError as exc:
+                await self._retry(req, Fence(req.id, req.attempt), exc)
+                continue
+            sellers[seller.seller_id] = seller
+            by_seller[seller.seller_id].append(req)
+        for seller_id, group in by_seller.items():
+            await self._poll_group(sellers[seller_id], group)
+
+    async def _poll_group(self, seller: Seller, reqs: Sequence[ClaimedRequest]) -> None:
+        batch = self.provider.max_query_batch
+        chunk: list[ClaimedRequest] = []
+        size = 0
+        for req in reqs:
+            n = len((req.progress or {}).get("parts", []))
+            if chunk and size + n > batch:
+                await self._poll_chunk(seller, chunk)
+                chunk, size = [], 0
+            chunk.append(req)
+            size += n
+        if chunk:
+            await self._poll_chunk(seller, chunk)
+
+    async def _poll_chunk(self, seller: Seller, reqs: Sequence[ClaimedRequest]) -> None:
+        serials = [p["serial"] for r in reqs for p in (r.progress or {}).get("parts", [])]
+        try:
+            results = {inv.serial: inv for inv in await self.provider.query_by_serials(seller, serials)}
+        except (ProviderError, DatabaseUnavailable) as exc:
+            for req in reqs:
+                await self._retry(req, Fence(req.id, req.attempt), exc)
+            return
+        to_record: list[tuple[Fence, list[dict[str, Any]]]] = []
+        still: list[Fence] = []
+        for req in reqs:
+            fence = Fence(req.id, req.attempt)
+            parts = (req.progress or {}).get("parts", [])
+            states = [results.get(p["serial"]) for p in parts]
+            if any(s is None or s.status == "issuing" for s in states):
+                still.append(fence)
+                continue
+            failed = [(p, s) for p, s in zip(parts, states, strict=True) if s and s.status != "issued"]
+            if failed:
+                p, s = failed[0]
+                assert s is not None
+                await self._fail(req, fence,
+                                 f"the platform did not issue order {req.order_ref!r} part {p['part']} "
+                                 f"({p['order_no']}): status {s.status_code} {s.fail_cause or ''}".strip(),
+                                 "ISSUE_FAILED", "fix the cause shown, then SELECT cdc_invoice.retry(id)")
+                continue
+            rows = []
+            for p, s in zip(parts, states, strict=True):
+                assert s is not None
+                rows.append(invoice_row(request_id=req.id, seller=seller,
+                                        draft=draft_from_json(p["draft"]), order_no=p["order_no"],
+                                        result=s))
+            to_record.append((fence, rows))
+        if to_record:
+            try:
+                done = await self.repo.record_invoices(to_record)
+                self.stats.recorded += len(done)
+            except DatabaseUnavailable as exc:
+                # Leases expire and the next holder polls and records again: nothing is lost.
+                log.warning("recording %d invoices failed: %s", len(to_record), exc)
+        try:
+            await self.repo.release_poll(still, self.result_poll_seconds)
+        except DatabaseUnavailable as exc:
+            log.warning("releasing %d polled requests failed: %s", len(still), exc)
+
+    # --- outcomes ----------------------------------------------------------------------------
+
+    async def _fail(self, req: ClaimedRequest, fence: Fence, error: str, code: str | None,
+                    hint: str | None) -> None:
+        self.stats.failed += 1
+        log.warning("request %s (%s %s) failed: %s", req.id, req.source, req.order_ref, error)
+        try:
+            await self.repo.mark_failed(
+                fence, error, code, hint,
+                event={"event": "request.failed", "source": req.source, "order_ref": req.order_ref,
+                       "detail": {"error": error, "code": code}},
+            )
+        except DatabaseUnavailable as exc:
+            log.warning("could not record the failure of request %s: %s", req.id, exc)
+
+    async def _retry(self, req: ClaimedRequest, fence: Fence, exc: CdcInvoiceError) -> None:
+        self.stats.retried += 1
+        delay = retry_delay(req.retries, cap=self.max_backoff_seconds)
+        code = getattr(exc, "code", None)
+        log.info("request %s (%s %s): %s; retry in %.1fs", req.id, req.source, req.order_ref,
+                 exc, delay)
+        try:
+            await self.repo.release_retry(
+                fence, delay, str(exc), code, exc.hint,
+                event={"event": "request.retry", "source": req.source, "order_ref": req.order_ref,
+                       "detail": {"error": str(exc), "code": code, "delay": round(delay, 2),
+                                  "unknown_outcome": isinstance(exc, OutcomeUnknown)}},
+            )
+        except DatabaseUnavailable as db_exc:
+            log.warning("could not release request %s: %s (its lease will expire)", req.id, db_exc)
+
+
+def _order_hint(exc: OrderError) -> str | None:
+    fixes = [p.fix for p in exc.problems if p.fix]
+    return " ; ".join(fixes) if fixes else exc.hint

@@ -1,0 +1,142 @@
+"""The claim loop: wake on NOTIFY or every poll_interval, claim what is due, dispatch it.
+
+Up to ``concurrency`` requests are in flight; each claimed row is held by a lease that a
+background task renews while we work on it. On stop, claiming ends, in-flight work gets the
+grace period, and whatever is left is handed back (its next holder resolves any unknown outcome).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from cdc_invoice.db.repository import ClaimedRequest, DatabaseUnavailable, Repository
+from cdc_invoice.daemon.issuer import Issuer
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(
+        self,
+        repo: Repository,
+        issuer: Issuer,
+        wake: asyncio.Event,
+        *,
+        concurrency: int = 32,
+        poll_interval: float = 1.0,
+        lease_seconds: float = 60.0,
+        on_cycle: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.issuer = issuer
+        self.wake = wake
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.lease_seconds = lease_seconds
+        self.on_cycle = on_cycle
+        self.stopping = asyncio.Event()
+        self.inflight: dict[int, asyncio.Task[None]] = {}  # request id -> its task
+        self._slot_freed = asyncio.Event()
+        self.claimed_total = 0
+
+    async def run(self) -> None:
+        renewer = asyncio.create_task(self._renew_leases(), name="lease-renewer")
+        try:
+            await self._loop()
+        finally:
+            renewer.cancel()
+
+    async def _loop(self) -> None:
+        db_delay = 0.2
+        while not self.stopping.is_set():
+            free = self.concurrency - len(self.inflight)
+            claimed: list[ClaimedRequest] = []
+            if free > 0:
+                self.wake.clear()
+                try:
+                    claimed = await self.repo.claim(min(free, 200), self.lease_seconds)
+                    db_delay = 0.2
+                except DatabaseUnavailable as exc:
+                    log.warning("claim failed: %s; retrying in %.1fs", exc, db_delay)
+                    await self._sleep(db_delay)
+                    db_delay = min(db_delay * 2, 10.0)
+                    continue
+                self._dispatch(claimed)
+            if self.on_cycle is not None:
+                await self.on_cycle()
+            if claimed and len(claimed) == min(free, 200):
+                continue  # probably more due: claim again at once
+            await self._wait()
+
+    def _dispatch(self, claimed: list[ClaimedRequest]) -> None:
+        self.claimed_total += len(claimed)
+        polls = [r for r in claimed if r.state == "submitted"]
+        for req in claimed:
+            if req.state == "submitted":
+                continue
+            self._track([req.id], self.issuer.start(req))
+        for i in range(0, len(polls), 50):
+            chunk = polls[i : i + 50]
+            self._track([r.id for r in chunk], self.issuer.poll(chunk))
+
+    def _track(self, ids: list[int], coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        for rid in ids:
+            self.inflight[rid] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            for rid in ids:
+                if self.inflight.get(rid) is t:
+                    del self.inflight[rid]
+            self._slot_freed.set()
+            if not t.cancelled() and t.exception() is not None:
+                log.error("request(s) %s: unexpected error", ids, exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    async def _wait(self) -> None:
+        """Until NOTIFY, the poll interval, a freed slot (when full) or stop."""
+        waits = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(self.stopping.wait())]
+        if len(self.inflight) >= self.concurrency:
+            self._slot_freed.clear()
+            waits.append(asyncio.ensure_future(self._slot_freed.wait()))
+        try:
+            await asyncio.wait(waits, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            ids = list(self.inflight)
+            if ids:
+                try:
+                    await self.repo.renew_leases(ids, self.lease_seconds)
+                except DatabaseUnavailable as exc:
+                    log.warning("lease renewal failed: %s", exc)
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Stop claiming; give in-flight work ``grace_seconds``; hand back what is left."""
+        self.stopping.set()
+        tasks = set(self.inflight.values())
+        if tasks:
+            log.info("draining %d request(s), up to %.0fs", len(self.inflight), grace_seconds)
+            await asyncio.wait(tasks, timeout=grace_seconds)
+        left = list(self.inflight)
+        for task in set(self.inflight.values()):
+            task.cancel()
+        if left:
+            log.warning("handing back %d unfinished request(s)", len(left))
+            try:
+                await self.repo.release_unclaimed(left)
+            except DatabaseUnavailable as exc:
+                log.warning("could not hand back requests (%s); their leases will expire", exc)
