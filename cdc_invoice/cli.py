@@ -12,12 +12,15 @@ import psycopg
 from cdc_invoice import __version__, logs
 from cdc_invoice.errors import CdcInvoiceError
 
-DSN_HELP = "libpq connection string of the inventory database (env CDC_INVOICE_DSN or PG* variables)"
+DSN_HELP = (
+    "libpq connection string of the inventory database (env CDC_INVOICE_DSN or PG* variables)"
+)
 
 
 def dsn_option(f: Any) -> Any:
-    return click.option("--dsn", envvar="CDC_INVOICE_DSN", default="", show_default=False,
-                        help=DSN_HELP)(f)
+    return click.option(
+        "--dsn", envvar="CDC_INVOICE_DSN", default="", show_default=False, help=DSN_HELP
+    )(f)
 
 
 class Group(click.Group):
@@ -33,15 +36,21 @@ class Group(click.Group):
             sys.exit(2)
         except psycopg.OperationalError as exc:
             click.secho(f"error: cannot reach the database: {str(exc).strip()}", fg="red", err=True)
-            click.echo("  fix: check --dsn / CDC_INVOICE_DSN, and that PostgreSQL is running", err=True)
+            click.echo(
+                "  fix: check --dsn / CDC_INVOICE_DSN, and that PostgreSQL is running", err=True
+            )
             sys.exit(2)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cdc-invoice")
 @click.option("-v", "--verbose", count=True, help="-v: info, -vv: debug (secrets are never logged)")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
-              help="log lines as text or JSON (default: the config's daemon.log_format, else text)")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="log lines as text or JSON (default: the config's daemon.log_format, else text)",
+)
 @click.pass_context
 def main(ctx: click.Context, verbose: int, log_format: str | None) -> None:
     """E-invoices for completed orders, straight from your PostgreSQL inventory database.
@@ -84,8 +93,12 @@ def verify(dsn: str) -> None:
     if problems:
         for line in problems:
             click.echo(line)
-        click.secho(f"{len(problems)} difference(s); `cdc-invoice install` repairs functions and "
-                    "views, tables need a DBA", fg="red", err=True)
+        click.secho(
+            f"{len(problems)} difference(s); `cdc-invoice install` repairs functions and "
+            "views, tables need a DBA",
+            fg="red",
+            err=True,
+        )
         sys.exit(1)
     click.echo("cdc_invoice schema matches this version")
 
@@ -98,15 +111,22 @@ def uninstall(dsn: str, yes: bool) -> None:
     from cdc_invoice.db import schema
 
     if not yes:
-        raise click.UsageError("uninstall deletes every invoice record; add --yes if you mean it "
-                               "(export the invoices first: cdc-invoice report register --format csv)")
+        raise click.UsageError(
+            "uninstall deletes every invoice record; add --yes if you mean it "
+            "(export the invoices first: cdc-invoice report register --format csv)"
+        )
     detached = schema.uninstall(dsn)
     click.echo(f"uninstalled (detached: {', '.join(detached) or 'none'}); roles cdc_invoice_* kept")
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="CDC_INVOICE_CONFIG",
-              help="TOML file; every key can also be set as CDC_INVOICE_<SECTION>__<KEY>")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="CDC_INVOICE_CONFIG",
+    help="TOML file; every key can also be set as CDC_INVOICE_<SECTION>__<KEY>",
+)
 @click.pass_context
 def run(ctx: click.Context, config_path: str | None) -> None:
     """Run the daemon: issue an invoice for every captured order, until SIGTERM.
@@ -159,7 +179,8 @@ def failures(dsn: str, limit: int) -> None:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
             "SELECT request_id, source, order_ref, kind, error_code, last_error, hint "
-            "FROM cdc_invoice.report_failures ORDER BY failed_at DESC LIMIT %s", (limit,)
+            "FROM cdc_invoice.report_failures ORDER BY failed_at DESC LIMIT %s",
+            (limit,),
         ).fetchall()
     table = Table("id", "source", "order", "kind", "code", "error", "fix", show_lines=True)
     for r in rows:
@@ -168,9 +189,13 @@ def failures(dsn: str, limit: int) -> None:
 
 
 @main.command()
-@click.option("--dsn", envvar="CDC_INVOICE_DSN", default="",
-              help="an existing server to use (a database cdc_invoice_demo is created); "
-                   "default: an embedded PostgreSQL")
+@click.option(
+    "--dsn",
+    envvar="CDC_INVOICE_DSN",
+    default="",
+    help="an existing server to use (a database cdc_invoice_demo is created); "
+    "default: an embedded PostgreSQL",
+)
 @click.option("--orders", default=25, show_default=True, help="orders to ship")
 @click.option("--keep", is_flag=True, help="keep the demo's data directory and print how to look")
 def demo(dsn: str, orders: int, keep: bool) -> None:

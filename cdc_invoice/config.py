@@ -1,7 +1,7 @@
 """Typed settings: a TOML file, overridden by CDC_INVOICE_<SECTION>__<KEY> environment variables.
 
     [database]
-    dsn = "postgresql://cdc_invoice@db/inventory"   # libpq DSN; multi-host + target_session_attrs ok
+    dsn = "postgresql://cdc_invoice@db/inventory"   # libpq; multi-host + target_session_attrs
     [provider]
     kind = "nuonuo"
     base_url = "http://127.0.0.1:8708"
@@ -21,7 +21,7 @@ import os
 import stat
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -66,12 +66,16 @@ class ProviderConfig:
         default="http://127.0.0.1:8708",
         metadata={"doc": "gateway base, e.g. https://sdk.nuonuo.com or the sandbox"},
     )
-    token_url: str = field(default="", metadata={"doc": "token endpoint; empty = {base_url}/accessToken"})
+    token_url: str = field(
+        default="", metadata={"doc": "token endpoint; empty = {base_url}/accessToken"}
+    )
     timeout_seconds: float = field(default=10.0, metadata={"doc": "per HTTP call"})
     ca_file: str = field(default="", metadata={"doc": "CA bundle for TLS; empty = system CAs"})
     token_key_file: str = field(
         default="",
-        metadata={"doc": "key for the token stored in the database; empty = derived from the secret"},
+        metadata={
+            "doc": "key for the token stored in the database; empty = derived from the secret"
+        },
     )
     max_connections: int = field(default=64, metadata={"doc": "HTTP keep-alive pool size"})
     credentials: dict[str, CredentialConfig] = field(default_factory=dict)
@@ -81,7 +85,9 @@ class ProviderConfig:
 class DaemonConfig:
     daemon_id: str = field(default="", metadata={"doc": "unique name; empty = host:pid"})
     concurrency: int = field(default=32, metadata={"doc": "requests in flight per process"})
-    poll_interval: float = field(default=1.0, metadata={"doc": "seconds between sweeps without NOTIFY"})
+    poll_interval: float = field(
+        default=1.0, metadata={"doc": "seconds between sweeps without NOTIFY"}
+    )
     lease_seconds: float = field(default=60.0, metadata={"doc": "a claim expires after this"})
     result_poll_seconds: float = field(
         default=0.5, metadata={"doc": "first wait before asking the platform for a result"}
@@ -142,7 +148,7 @@ def load(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
                 if not isinstance(node, dict):
                     raise ConfigError(f"{name}: {'.'.join(keys[:-1])} is not a section")
             node[keys[-1]] = value
-    config = _build(Config, raw, "")
+    config: Config = _build(Config, raw, "")
     _validate(config)
     return config
 
@@ -171,7 +177,8 @@ def _build(cls: type[Any], raw: Mapping[str, Any], where: str) -> Any:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"[{key}] must be a table of sellers")
             values[f.name] = {
-                seller: _build(CredentialConfig, sub, f"{key}.{seller}") for seller, sub in value.items()
+                seller: _build(CredentialConfig, sub, f"{key}.{seller}")
+                for seller, sub in value.items()
             }
         else:
             values[f.name] = _coerce(hint, value, key)
@@ -222,16 +229,20 @@ def _validate(config: Config) -> None:
 def describe() -> str:
     """Reference of every key, generated from the dataclasses (used by the operator guide)."""
     out = []
-    for section, cls in (("database", DatabaseConfig), ("provider", ProviderConfig),
-                         ("provider.credentials.<seller_id>", CredentialConfig),
-                         ("daemon", DaemonConfig)):
+    for section, cls in (
+        ("database", DatabaseConfig),
+        ("provider", ProviderConfig),
+        ("provider.credentials.<seller_id>", CredentialConfig),
+        ("daemon", DaemonConfig),
+    ):
         out.append(f"[{section}]")
         for f in fields(cls):
             if f.name == "credentials":
                 continue
-            default = f.default if f.default is not f.default_factory else ""  # type: ignore[misc]
+            default = f.default if f.default is not MISSING else ""
             env = ENV_PREFIX + "__".join(section.replace("<seller_id>", "MAIN").split(".")).upper()
             out.append(
-                f"  {f.name} = {default!r}  # {f.metadata.get('doc', '')} (env {env}__{f.name.upper()})"
+                f"  {f.name} = {default!r}  # {f.metadata.get('doc', '')}"
+                f" (env {env}__{f.name.upper()})"
             )
     return "\n".join(out)

@@ -14,6 +14,7 @@ import threading
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import LiteralString
 
 import psycopg
 from psycopg import sql
@@ -22,14 +23,23 @@ from rich.table import Table
 
 from cdc_invoice import harness
 from cdc_invoice.db import embedded, schema
-from cdc_invoice.db.queries import sql_file
+from cdc_invoice.db.queries import q, sql_file
 
 console = Console(highlight=False, width=max(Console().width, 110))
 DEMO_DB = "cdc_invoice_demo"
 
-PRODUCTS = [("P-LAPTOP", Decimal("3099.00")), ("P-MOUSE", Decimal("79.90")),
-            ("P-PAPER", Decimal("125.50")), ("P-TEA", Decimal("268.00")),
-            ("S-INSTALL", Decimal("150.00"))]
+
+def Q(name: str) -> LiteralString:
+    return q(name, "examples/demo_queries.sql")
+
+
+PRODUCTS = [
+    ("P-LAPTOP", Decimal("3099.00")),
+    ("P-MOUSE", Decimal("79.90")),
+    ("P-PAPER", Decimal("125.50")),
+    ("P-TEA", Decimal("268.00")),
+    ("S-INSTALL", Decimal("150.00")),
+]
 CUSTOMERS = ["C001", "C002", "C003", "C004"]
 
 
@@ -49,29 +59,27 @@ def ship_orders(dsn: str, count: int, connections: int = 5, seed: int = 7) -> li
     shipped: list[int] = []
     lock = threading.Lock()
 
-    def work(part: list[tuple[str, list[tuple[int, str, Decimal, Decimal, Decimal]], bool]]) -> None:
+    def work(
+        part: list[tuple[str, list[tuple[int, str, Decimal, Decimal, Decimal]], bool]],
+    ) -> None:
         with psycopg.connect(dsn) as conn:
             for customer, lines, at_once in part:
                 with conn.transaction():
                     status = "shipped" if at_once else "new"
-                    row = conn.execute(
-                        "INSERT INTO shop.orders (customer_id, status) VALUES (%s, %s) RETURNING order_id",
-                        (customer, status)).fetchone()
+                    row = conn.execute(Q("new_order"), (customer, status)).fetchone()
                     assert row is not None
                     order_id = int(row[0])
                     with conn.cursor() as cur:
-                        cur.executemany(
-                            "INSERT INTO shop.order_lines (order_id, line_no, sku, quantity, unit_price,"
-                            " discount) VALUES (%s, %s, %s, %s, %s, %s)",
-                            [(order_id, *line) for line in lines])
+                        cur.executemany(Q("new_order_line"), [(order_id, *ln) for ln in lines])
                 if not at_once:
-                    conn.execute("UPDATE shop.orders SET status = 'shipped', shipped_at = now() "
-                                 "WHERE order_id = %s", (order_id,))
+                    conn.execute(Q("ship_order"), (order_id,))
                     conn.commit()
                 with lock:
                     shipped.append(order_id)
 
-    threads = [threading.Thread(target=work, args=(plans[i::connections],)) for i in range(connections)]
+    threads = [
+        threading.Thread(target=work, args=(plans[i::connections],)) for i in range(connections)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -82,11 +90,12 @@ def ship_orders(dsn: str, count: int, connections: int = 5, seed: int = 7) -> li
 def wait_for_requests(dsn: str, expected: int, timeout: float = 120.0) -> tuple[int, int]:
     deadline = time.monotonic() + timeout
     done = failed = 0
-    with psycopg.connect(dsn, autocommit=True) as conn, console.status("waiting for invoices") as st:
+    with (
+        psycopg.connect(dsn, autocommit=True) as conn,
+        console.status("waiting for invoices") as st,
+    ):
         while time.monotonic() < deadline:
-            row = conn.execute(
-                "SELECT count(*) FILTER (WHERE state = 'done'), count(*) FILTER (WHERE state = 'failed')"
-                " FROM cdc_invoice.request WHERE kind = 'issue'").fetchone()
+            row = conn.execute(Q("issue_progress")).fetchone()
             assert row is not None
             done, failed = int(row[0]), int(row[1])
             st.update(f"invoices recorded: {done}/{expected}, failed: {failed}")
@@ -100,16 +109,8 @@ def verify_invoices(dsn: str, orders: list[int], sandbox: harness.Sandbox) -> li
     """Every order exactly one invoice, totals equal to the order's, as many at the platform."""
     problems = []
     with psycopg.connect(dsn) as conn:
-        rows = conn.execute(
-            "SELECT e.order_ref, count(i.id), sum(i.total_incl_tax), e.expected"
-            "  FROM (SELECT order_id::text AS order_ref,"
-            "               sum(round(quantity * unit_price, 2) - discount) AS expected"
-            "          FROM shop.order_lines WHERE order_id = ANY(%s) GROUP BY order_id) e"
-            "  LEFT JOIN cdc_invoice.invoice i USING (order_ref)"
-            " GROUP BY e.order_ref, e.expected", (orders,)).fetchall()
-        failed = conn.execute("SELECT order_ref, last_error FROM cdc_invoice.request "
-                              "WHERE state = 'failed' AND order_ref = ANY(%s)",
-                              ([str(o) for o in orders],)).fetchall()
+        rows = conn.execute(Q("invoices_per_order"), (orders,)).fetchall()
+        failed = conn.execute(Q("failed_orders"), ([str(o) for o in orders],)).fetchall()
     for order_ref, error in failed:
         problems.append(f"order {order_ref} failed: {error}")
     if len(rows) != len(orders):
@@ -127,23 +128,40 @@ def verify_invoices(dsn: str, orders: list[int], sandbox: harness.Sandbox) -> li
 
 def print_report(dsn: str) -> None:
     with psycopg.connect(dsn) as conn:
-        invoices = conn.execute(
-            "SELECT order_ref, invoice_number, buyer_name, total_excl_tax, total_tax, total_incl_tax"
-            "  FROM cdc_invoice.invoice ORDER BY order_ref::bigint").fetchall()
-        daily = conn.execute("SELECT day, seller_id, kind, tax_rate, invoices, amount_excl_tax, tax,"
-                             " amount_incl_tax FROM cdc_invoice.report_daily ORDER BY 1, 2, 3, 4"
-                             ).fetchall()
-    table = Table("order", "invoice number", "buyer", "excl. tax", "tax", "incl. tax",
-                  title=f"{len(invoices)} invoices (cdc_invoice.invoice)")
+        invoices = conn.execute(Q("invoice_list")).fetchall()
+        daily = conn.execute(Q("daily_report")).fetchall()
+    table = Table(
+        "order",
+        "invoice number",
+        "buyer",
+        "excl. tax",
+        "tax",
+        "incl. tax",
+        title=f"{len(invoices)} invoices (cdc_invoice.invoice)",
+    )
     for order_ref, number, buyer, excl, tax, incl in invoices:
-        table.add_row(str(order_ref), str(number), str(buyer), f"{excl:,.2f}", f"{tax:,.2f}",
-                      f"{incl:,.2f}")
+        table.add_row(
+            str(order_ref), str(number), str(buyer), f"{excl:,.2f}", f"{tax:,.2f}", f"{incl:,.2f}"
+        )
     console.print(table)
-    rep = Table("day", "seller", "kind", "rate", "invoices", "excl. tax", "tax", "incl. tax",
-                title="SELECT * FROM cdc_invoice.report_daily")
+    rep = Table(
+        "day",
+        "seller",
+        "kind",
+        "rate",
+        "invoices",
+        "excl. tax",
+        "tax",
+        "incl. tax",
+        title="SELECT * FROM cdc_invoice.report_daily",
+    )
     for row in daily:
-        rep.add_row(*(f"{v:,.2f}" if isinstance(v, Decimal) and i >= 5 else str(v)
-                      for i, v in enumerate(row)))
+        rep.add_row(
+            *(
+                f"{v:,.2f}" if isinstance(v, Decimal) and i >= 5 else str(v)
+                for i, v in enumerate(row)
+            )
+        )
     console.print(rep)
 
 
@@ -156,19 +174,24 @@ def main(admin_dsn: str | None, orders: int = 25, keep: bool = False) -> int:
     else:
         console.print("[bold]1.[/] using the PostgreSQL server of --dsn")
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DEMO_DB)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DEMO_DB))
+        )
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DB)))
     dsn = psycopg.conninfo.make_conninfo(admin_dsn, dbname=DEMO_DB)
 
     console.print("[bold]2.[/] " + schema.install(dsn).describe())
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql_file("examples/demo_shop.sql"))
-    console.print("[bold]3.[/] created the sample shop (shop.orders, shop.order_lines, …) and "
-                  "attached it: SELECT cdc_invoice.attach('shop', 'shop.orders', …)")
+    console.print(
+        "[bold]3.[/] created the sample shop (shop.orders, shop.order_lines, …) and "
+        "attached it: SELECT cdc_invoice.attach('shop', 'shop.orders', …)"
+    )
     sandbox = harness.start_sandbox(workdir / "sandbox", issue_delay_ms=300)
     console.print(f"[bold]4.[/] sandbox platform (Nuonuo protocol) at {sandbox.url}")
-    config = harness.write_config(workdir / "cdc-invoice.toml", dsn=dsn, sandbox=sandbox,
-                                  daemon={"concurrency": 16})
+    config = harness.write_config(
+        workdir / "cdc-invoice.toml", dsn=dsn, sandbox=sandbox, daemon={"concurrency": 16}
+    )
     daemon = harness.start_daemon(config, verbose=False)
     console.print(f"[bold]5.[/] daemon started: cdc-invoice run --config {config}")
     try:
@@ -176,8 +199,10 @@ def main(admin_dsn: str | None, orders: int = 25, keep: bool = False) -> int:
         shipped = ship_orders(dsn, orders)
         console.print(f"[bold]6.[/] shipped {len(shipped)} orders from 5 connections")
         done, failed = wait_for_requests(dsn, len(shipped))
-        console.print(f"[bold]7.[/] {done} invoices recorded, {failed} failed, "
-                      f"in {time.monotonic() - t0:.1f}s")
+        console.print(
+            f"[bold]7.[/] {done} invoices recorded, {failed} failed, "
+            f"in {time.monotonic() - t0:.1f}s"
+        )
         print_report(dsn)
         problems = verify_invoices(dsn, shipped, sandbox)
     finally:

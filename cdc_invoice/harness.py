@@ -76,12 +76,18 @@ class Proc:
         self.popen.wait(10)
 
 
-def spawn(args: list[str], name: str, env: Mapping[str, str] | None = None,
-          echo: IO[str] | None = None) -> Proc:
+def spawn(
+    args: list[str], name: str, env: Mapping[str, str] | None = None, echo: IO[str] | None = None
+) -> Proc:
     full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     popen = subprocess.Popen(  # noqa: S603 - our own program, fixed arguments
-        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        text=True, env=full_env, start_new_session=True,
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=full_env,
+        start_new_session=True,
     )
     proc = Proc(popen, name, echo=echo)
     proc.start_pump()
@@ -107,17 +113,40 @@ class Sandbox:
         httpx.post(f"{self.url}/_sandbox/config", json=settings, timeout=10).raise_for_status()
 
 
-def start_sandbox(workdir: Path, *, port: int = 0, issue_delay_ms: int = 200, latency_ms: int = 0,
-                  extra: list[str] | None = None, echo: IO[str] | None = None,
-                  secret: str | None = None, timeout: float = 30.0) -> Sandbox:
+def start_sandbox(
+    workdir: Path,
+    *,
+    port: int = 0,
+    issue_delay_ms: int = 200,
+    latency_ms: int = 0,
+    extra: list[str] | None = None,
+    echo: IO[str] | None = None,
+    secret: str | None = None,
+    timeout: float = 30.0,
+) -> Sandbox:
     workdir.mkdir(parents=True, exist_ok=True)
     secret_file = workdir / "sandbox-app-secret"
     secret_value = write_secret(secret_file, secret)
     state = workdir / "sandbox-state.sqlite"
-    args = [*_python(), "sandbox", "--listen", f"127.0.0.1:{port}", "--state", str(state),
-            "--app-key", APP_KEY, "--app-secret-file", str(secret_file),
-            "--seller-tax-number", SELLER_TAX_NUMBER, "--issue-delay-ms", str(issue_delay_ms),
-            "--latency-ms", str(latency_ms), *(extra or [])]
+    args = [
+        *_python(),
+        "sandbox",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--state",
+        str(state),
+        "--app-key",
+        APP_KEY,
+        "--app-secret-file",
+        str(secret_file),
+        "--seller-tax-number",
+        SELLER_TAX_NUMBER,
+        "--issue-delay-ms",
+        str(issue_delay_ms),
+        "--latency-ms",
+        str(latency_ms),
+        *(extra or []),
+    ]
     proc = spawn(args, "sandbox", echo=echo)
     deadline = time.monotonic() + timeout
     pattern = re.compile(r"listening on (http\S+)")
@@ -125,7 +154,9 @@ def start_sandbox(workdir: Path, *, port: int = 0, issue_delay_ms: int = 200, la
         for line in list(proc.lines):
             m = pattern.search(line)
             if m:
-                return Sandbox(proc, m.group(1).rstrip("/"), APP_KEY, secret_value, secret_file, state)
+                return Sandbox(
+                    proc, m.group(1).rstrip("/"), APP_KEY, secret_value, secret_file, state
+                )
         if not proc.alive():
             raise RuntimeError(f"the sandbox exited:\n{proc.output()}")
         time.sleep(0.05)
@@ -133,8 +164,15 @@ def start_sandbox(workdir: Path, *, port: int = 0, issue_delay_ms: int = 200, la
     raise RuntimeError(f"the sandbox did not start within {timeout}s:\n{proc.output()}")
 
 
-def write_config(path: Path, *, dsn: str, sandbox: Sandbox, daemon: Mapping[str, Any] | None = None,
-                 seller_id: str = "main", timeout_seconds: float = 2.0) -> Path:
+def write_config(
+    path: Path,
+    *,
+    dsn: str,
+    sandbox: Sandbox,
+    daemon: Mapping[str, Any] | None = None,
+    seller_id: str = "main",
+    timeout_seconds: float = 2.0,
+) -> Path:
     """A daemon config file (TOML) pointing at ``dsn`` and the sandbox."""
 
     def toml_value(v: Any) -> str:
@@ -145,21 +183,39 @@ def write_config(path: Path, *, dsn: str, sandbox: Sandbox, daemon: Mapping[str,
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     lines = [
-        "[database]", f"dsn = {toml_value(dsn)}", "",
-        "[provider]", 'kind = "nuonuo"', f"base_url = {toml_value(sandbox.url)}",
-        f"timeout_seconds = {timeout_seconds!r}", "",
-        f"[provider.credentials.{seller_id}]", f"app_key = {toml_value(sandbox.app_key)}",
-        f"app_secret_file = {toml_value(str(sandbox.secret_file))}", "",
+        "[database]",
+        f"dsn = {toml_value(dsn)}",
+        "",
+        "[provider]",
+        'kind = "nuonuo"',
+        f"base_url = {toml_value(sandbox.url)}",
+        f"timeout_seconds = {timeout_seconds!r}",
+        "",
+        f"[provider.credentials.{seller_id}]",
+        f"app_key = {toml_value(sandbox.app_key)}",
+        f"app_secret_file = {toml_value(str(sandbox.secret_file))}",
+        "",
         "[daemon]",
     ]
-    for key, value in {"poll_interval": 0.5, "result_poll_seconds": 0.2, "lease_seconds": 10.0,
-                       "shutdown_grace_seconds": 10.0, **(daemon or {})}.items():
+    for key, value in {
+        "poll_interval": 0.5,
+        "result_poll_seconds": 0.2,
+        "lease_seconds": 10.0,
+        "shutdown_grace_seconds": 10.0,
+        **(daemon or {}),
+    }.items():
         lines.append(f"{key} = {toml_value(value)}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
-def start_daemon(config: Path, *, name: str = "daemon", env: Mapping[str, str] | None = None,
-                 echo: IO[str] | None = None, verbose: bool = True) -> Proc:
+def start_daemon(
+    config: Path,
+    *,
+    name: str = "daemon",
+    env: Mapping[str, str] | None = None,
+    echo: IO[str] | None = None,
+    verbose: bool = True,
+) -> Proc:
     args = [*_python(), *(["-v"] if verbose else []), "run", "--config", str(config)]
     return spawn(args, name, env=env, echo=echo)

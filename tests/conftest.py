@@ -23,7 +23,10 @@ from cdc_invoice.db import schema
 
 for _name in list(os.environ):
     # The environment of the developer's shell must not configure the code under test.
-    if _name.startswith("CDC_INVOICE_") and _name not in ("CDC_INVOICE_TEST_DSN", "CDC_INVOICE_TEST_DOCKER"):
+    if _name.startswith("CDC_INVOICE_") and _name not in (
+        "CDC_INVOICE_TEST_DSN",
+        "CDC_INVOICE_TEST_DOCKER",
+    ):
         del os.environ[_name]
 
 
@@ -65,14 +68,18 @@ def _create_db(admin: str, name: str, template: str | None = None) -> str:
     with psycopg.connect(admin, autocommit=True) as conn:
         q = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
         if template:
-            q = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
+            q = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template)
+            )
         conn.execute(q)
     return psycopg.conninfo.make_conninfo(admin, dbname=name)
 
 
 def _drop_db(admin: str, name: str) -> None:
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture(scope="session")

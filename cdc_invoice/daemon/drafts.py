@@ -14,8 +14,14 @@ from typing import Any
 from cdc_invoice.invoice.model import Buyer, InvoiceDraft, InvoiceLine, LineProperty, Seller
 from cdc_invoice.providers.base import PlatformInvoice
 
-_DECIMAL_LINE_FIELDS = ("tax_rate", "quantity", "unit_price", "amount_excl_tax", "tax", "amount_incl_tax")
-_DECIMAL_TOTALS = ("total_excl_tax", "total_tax", "total_incl_tax")
+_DECIMAL_LINE_FIELDS = (
+    "tax_rate",
+    "quantity",
+    "unit_price",
+    "amount_excl_tax",
+    "tax",
+    "amount_incl_tax",
+)
 
 
 def _plain(value: Any) -> Any:
@@ -47,9 +53,21 @@ def draft_from_json(data: dict[str, Any]) -> InvoiceDraft:
             line[key] = _dec(line.get(key))
         line["property"] = LineProperty(int(line["property"]))
         lines.append(InvoiceLine(**line))
-    totals = {k: Decimal(str(data[k])) for k in _DECIMAL_TOTALS}
-    rest = {k: v for k, v in data.items() if k not in ("lines", "buyer", *_DECIMAL_TOTALS)}
-    return InvoiceDraft(buyer=Buyer(**data["buyer"]), lines=tuple(lines), **totals, **rest)
+    return InvoiceDraft(
+        source=data["source"],
+        order_ref=data["order_ref"],
+        buyer=Buyer(**data["buyer"]),
+        invoice_line=data["invoice_line"],
+        lines=tuple(lines),
+        total_excl_tax=Decimal(data["total_excl_tax"]),
+        total_tax=Decimal(data["total_tax"]),
+        total_incl_tax=Decimal(data["total_incl_tax"]),
+        kind=data["kind"],
+        part=data["part"],
+        parts=data["parts"],
+        remark=data["remark"],
+        extra=data["extra"],
+    )
 
 
 def order_no(base: str, part: int) -> str:

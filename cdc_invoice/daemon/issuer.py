@@ -62,8 +62,12 @@ class SellerCache:
             return self._by_source[source]
         except KeyError:
             raise InvalidOrder(
-                [Problem(f"source {source!r} is not attached or its seller is missing",
-                         fix="SELECT * FROM cdc_invoice.source; re-run cdc_invoice.attach(...)")],
+                [
+                    Problem(
+                        f"source {source!r} is not attached or its seller is missing",
+                        fix="SELECT * FROM cdc_invoice.source; re-run cdc_invoice.attach(...)",
+                    )
+                ],
                 source=source,
             ) from None
 
@@ -119,8 +123,13 @@ class Issuer:
             await self._fail(req, fence, str(exc), exc.code, _order_hint(exc))
             return
         except ProviderRejected as exc:
-            await self._fail(req, fence, f"platform rejected order {req.order_ref!r}: {exc.message}",
-                             exc.code, exc.hint)
+            await self._fail(
+                req,
+                fence,
+                f"platform rejected order {req.order_ref!r}: {exc.message}",
+                exc.code,
+                exc.hint,
+            )
             return
         except (ProviderError, DatabaseUnavailable) as exc:
             await self._retry(req, fence, exc)
@@ -128,18 +137,30 @@ class Issuer:
         progress = {"parts": parts}
         serial = parts[0]["serial"] if len(parts) == 1 else None
         ok = await self.repo.mark_submitted(
-            fence, progress, serial, self.result_poll_seconds,
-            event={"event": "platform.submitted", "source": req.source, "order_ref": req.order_ref,
-                   "detail": {"parts": [{k: p[k] for k in ("order_no", "serial", "adopted")}
-                                        for p in parts]}},
+            fence,
+            progress,
+            serial,
+            self.result_poll_seconds,
+            event={
+                "event": "platform.submitted",
+                "source": req.source,
+                "order_ref": req.order_ref,
+                "detail": {
+                    "parts": [{k: p[k] for k in ("order_no", "serial", "adopted")} for p in parts]
+                },
+            },
         )
         if not ok:
-            log.warning("request %s lost its lease while submitting; the new holder adopts it", req.id)
+            log.warning(
+                "request %s lost its lease while submitting; the new holder adopts it", req.id
+            )
 
     async def _compute(self, req: ClaimedRequest, seller: Seller) -> list[InvoiceDraft]:
         rows = req.document or []
         customer_refs, item_refs = mapping.document_refs(rows)
-        buyers, items = await self.repo.mappings(req.source, sorted(customer_refs), sorted(item_refs))
+        buyers, items = await self.repo.mappings(
+            req.source, sorted(customer_refs), sorted(item_refs)
+        )
         order = mapping.build_order(req.source, req.order_ref, rows, buyers, items, seller)
         return compute.build_invoices(order, seller)
 
@@ -162,30 +183,52 @@ class Issuer:
                 why = mismatch(draft, existing)
                 if why:
                     raise InvalidOrder(
-                        [Problem(f"the platform holds invoice {existing.serial} under our order "
-                                 f"number {number} but it differs from the order ({why})",
-                                 fix="compare with the platform; the order changed after issue?")],
-                        source=req.source, order_ref=req.order_ref,
+                        [
+                            Problem(
+                                f"the platform holds invoice {existing.serial} under our order "
+                                f"number {number} but it differs from the order ({why})",
+                                fix="compare with the platform; the order changed after issue?",
+                            )
+                        ],
+                        source=req.source,
+                        order_ref=req.order_ref,
                     )
                 if existing.status == "failed":
                     raise ProviderRejected(
                         f"the platform failed invoice {existing.serial}: {existing.fail_cause}",
-                        code="ISSUE_FAILED", hint="fix the cause, then SELECT cdc_invoice.retry(id)")
+                        code="ISSUE_FAILED",
+                        hint="fix the cause, then SELECT cdc_invoice.retry(id)",
+                    )
                 self.stats.adopted += 1
-                parts.append({"part": draft.part, "order_no": number, "serial": existing.serial,
-                              "adopted": True, "draft": draft_to_json(draft)})
+                parts.append(
+                    {
+                        "part": draft.part,
+                        "order_no": number,
+                        "serial": existing.serial,
+                        "adopted": True,
+                        "draft": draft_to_json(draft),
+                    }
+                )
                 continue
             try:
                 accepted = await self.provider.issue(seller, draft, number)
             except ProviderRejected as exc:
                 if exc.code in ALREADY_EXISTS:
                     # Ours from an attempt whose answer was lost; resolve by querying next time.
-                    raise OutcomeUnknown(f"order number {number} already at the platform",
-                                         code=exc.code) from exc
+                    raise OutcomeUnknown(
+                        f"order number {number} already at the platform", code=exc.code
+                    ) from exc
                 raise
             self.stats.issued += 1
-            parts.append({"part": draft.part, "order_no": number, "serial": accepted.serial,
-                          "adopted": False, "draft": draft_to_json(draft)})
+            parts.append(
+                {
+                    "part": draft.part,
+                    "order_no": number,
+                    "serial": accepted.serial,
+                    "adopted": False,
+                    "draft": draft_to_json(draft),
+                }
+            )
         return parts
 
     # --- submitted requests: poll in batches of up to max_query_batch serials ----------------
@@ -221,7 +264,9 @@ class Issuer:
     async def _poll_chunk(self, seller: Seller, reqs: Sequence[ClaimedRequest]) -> None:
         serials = [p["serial"] for r in reqs for p in (r.progress or {}).get("parts", [])]
         try:
-            results = {inv.serial: inv for inv in await self.provider.query_by_serials(seller, serials)}
+            results = {
+                inv.serial: inv for inv in await self.provider.query_by_serials(seller, serials)
+            }
         except (ProviderError, DatabaseUnavailable) as exc:
             for req in reqs:
                 await self._retry(req, Fence(req.id, req.attempt), exc)
@@ -235,21 +280,33 @@ class Issuer:
             if any(s is None or s.status == "issuing" for s in states):
                 still.append(fence)
                 continue
-            failed = [(p, s) for p, s in zip(parts, states, strict=True) if s and s.status != "issued"]
+            failed = [
+                (p, s) for p, s in zip(parts, states, strict=True) if s and s.status != "issued"
+            ]
             if failed:
                 p, s = failed[0]
                 assert s is not None
-                await self._fail(req, fence,
-                                 f"the platform did not issue order {req.order_ref!r} part {p['part']} "
-                                 f"({p['order_no']}): status {s.status_code} {s.fail_cause or ''}".strip(),
-                                 "ISSUE_FAILED", "fix the cause shown, then SELECT cdc_invoice.retry(id)")
+                await self._fail(
+                    req,
+                    fence,
+                    f"the platform did not issue order {req.order_ref!r} part {p['part']} "
+                    f"({p['order_no']}): status {s.status_code} {s.fail_cause or ''}".strip(),
+                    "ISSUE_FAILED",
+                    "fix the cause shown, then SELECT cdc_invoice.retry(id)",
+                )
                 continue
             rows = []
-            for p, s in zip(parts, states, strict=True):
-                assert s is not None
-                rows.append(invoice_row(request_id=req.id, seller=seller,
-                                        draft=draft_from_json(p["draft"]), order_no=p["order_no"],
-                                        result=s))
+            for p, state in zip(parts, states, strict=True):
+                assert state is not None
+                rows.append(
+                    invoice_row(
+                        request_id=req.id,
+                        seller=seller,
+                        draft=draft_from_json(p["draft"]),
+                        order_no=p["order_no"],
+                        result=state,
+                    )
+                )
             to_record.append((fence, rows))
         if to_record:
             try:
@@ -265,15 +322,23 @@ class Issuer:
 
     # --- outcomes ----------------------------------------------------------------------------
 
-    async def _fail(self, req: ClaimedRequest, fence: Fence, error: str, code: str | None,
-                    hint: str | None) -> None:
+    async def _fail(
+        self, req: ClaimedRequest, fence: Fence, error: str, code: str | None, hint: str | None
+    ) -> None:
         self.stats.failed += 1
         log.warning("request %s (%s %s) failed: %s", req.id, req.source, req.order_ref, error)
         try:
             await self.repo.mark_failed(
-                fence, error, code, hint,
-                event={"event": "request.failed", "source": req.source, "order_ref": req.order_ref,
-                       "detail": {"error": error, "code": code}},
+                fence,
+                error,
+                code,
+                hint,
+                event={
+                    "event": "request.failed",
+                    "source": req.source,
+                    "order_ref": req.order_ref,
+                    "detail": {"error": error, "code": code},
+                },
             )
         except DatabaseUnavailable as exc:
             log.warning("could not record the failure of request %s: %s", req.id, exc)
@@ -282,14 +347,27 @@ class Issuer:
         self.stats.retried += 1
         delay = retry_delay(req.retries, cap=self.max_backoff_seconds)
         code = getattr(exc, "code", None)
-        log.info("request %s (%s %s): %s; retry in %.1fs", req.id, req.source, req.order_ref,
-                 exc, delay)
+        log.info(
+            "request %s (%s %s): %s; retry in %.1fs", req.id, req.source, req.order_ref, exc, delay
+        )
         try:
             await self.repo.release_retry(
-                fence, delay, str(exc), code, exc.hint,
-                event={"event": "request.retry", "source": req.source, "order_ref": req.order_ref,
-                       "detail": {"error": str(exc), "code": code, "delay": round(delay, 2),
-                                  "unknown_outcome": isinstance(exc, OutcomeUnknown)}},
+                fence,
+                delay,
+                str(exc),
+                code,
+                exc.hint,
+                event={
+                    "event": "request.retry",
+                    "source": req.source,
+                    "order_ref": req.order_ref,
+                    "detail": {
+                        "error": str(exc),
+                        "code": code,
+                        "delay": round(delay, 2),
+                        "unknown_outcome": isinstance(exc, OutcomeUnknown),
+                    },
+                },
             )
         except DatabaseUnavailable as db_exc:
             log.warning("could not release request %s: %s (its lease will expire)", req.id, db_exc)

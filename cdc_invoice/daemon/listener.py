@@ -34,7 +34,9 @@ class Listener:
         while True:
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
-                conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, **KEEPALIVES)
+                conn = await psycopg.AsyncConnection.connect(
+                    self.dsn, autocommit=True, **KEEPALIVES
+                )
                 await conn.execute(f"LISTEN {CHANNEL}")
                 self.connected.set()
                 self.wake.set()  # sweep: notifications sent while we were away are gone
@@ -51,14 +53,16 @@ class Listener:
                 self.connected.clear()
                 self.reconnects += 1
                 self.wake.set()  # the poll fallback takes over; sweep now
-                log.warning("LISTEN connection lost (%s); reconnecting in %.1fs",
-                            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                            delay)
+                log.warning(
+                    "LISTEN connection lost (%s); reconnecting in %.1fs",
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
             finally:
                 if conn is not None:
                     try:
                         await conn.close()
-                    except Exception:  # noqa: BLE001 - closing a broken connection
+                    except Exception:
                         log.debug("closing the broken LISTEN connection failed", exc_info=True)

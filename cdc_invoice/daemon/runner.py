@@ -35,7 +35,9 @@ def build_provider(config: Config, repo: Repository) -> NuonuoProvider:
         )
     credentials: dict[str, Credentials] = {}
     keys = {}
-    token_key = read_secret_file(p.token_key_file, "provider.token_key_file") if p.token_key_file else None
+    token_key = (
+        read_secret_file(p.token_key_file, "provider.token_key_file") if p.token_key_file else None
+    )
     for seller_id, cred in p.credentials.items():
         if not cred.app_key:
             raise ConfigError(f"provider.credentials.{seller_id}.app_key is empty")
@@ -63,18 +65,31 @@ async def run(config: Config) -> int:
     d = config.daemon
     wake = asyncio.Event()
     listener = Listener(dsn, wake)
-    issuer = Issuer(repo, provider, SellerCache(repo), result_poll_seconds=d.result_poll_seconds,
-                    max_backoff_seconds=d.max_backoff_seconds)
-    worker = Worker(repo, issuer, wake, concurrency=d.concurrency, poll_interval=d.poll_interval,
-                    lease_seconds=d.lease_seconds)
+    issuer = Issuer(
+        repo,
+        provider,
+        SellerCache(repo),
+        result_poll_seconds=d.result_poll_seconds,
+        max_backoff_seconds=d.max_backoff_seconds,
+    )
+    worker = Worker(
+        repo,
+        issuer,
+        wake,
+        concurrency=d.concurrency,
+        poll_interval=d.poll_interval,
+        lease_seconds=d.lease_seconds,
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
         if stop.is_set():
-            log.warning("second %s: exiting now; leases of unfinished work will expire",
-                        signal.Signals(signum).name)
+            log.warning(
+                "second %s: exiting now; leases of unfinished work will expire",
+                signal.Signals(signum).name,
+            )
             os._exit(1)
         log.info("%s: stopping (send it again to exit at once)", signal.Signals(signum).name)
         stop.set()
@@ -88,8 +103,12 @@ async def run(config: Config) -> int:
         asyncio.create_task(worker.run(), name="worker"),
         asyncio.create_task(_heartbeat(repo), name="heartbeat"),
     ]
-    log.info("daemon %s started (concurrency %d, platform %s)", daemon_id, d.concurrency,
-             config.provider.base_url)
+    log.info(
+        "daemon %s started (concurrency %d, platform %s)",
+        daemon_id,
+        d.concurrency,
+        config.provider.base_url,
+    )
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
     crashed = [t for t in done if t is not stopper]
@@ -107,8 +126,15 @@ async def run(config: Config) -> int:
     await provider.aclose()
     await repo.close()
     s = issuer.stats
-    log.info("daemon %s stopped: issued %d, adopted %d, recorded %d, failed %d, retried %d",
-             daemon_id, s.issued, s.adopted, s.recorded, s.failed, s.retried)
+    log.info(
+        "daemon %s stopped: issued %d, adopted %d, recorded %d, failed %d, retried %d",
+        daemon_id,
+        s.issued,
+        s.adopted,
+        s.recorded,
+        s.failed,
+        s.retried,
+    )
     return 1 if crashed else 0
 
 

@@ -8,11 +8,12 @@ grace period, and whatever is left is handed back (its next holder resolves any 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from cdc_invoice.db.repository import ClaimedRequest, DatabaseUnavailable, Repository
 from cdc_invoice.daemon.issuer import Issuer
+from cdc_invoice.db.repository import ClaimedRequest, DatabaseUnavailable, Repository
 
 log = logging.getLogger(__name__)
 
@@ -98,21 +99,24 @@ class Worker:
 
     async def _wait(self) -> None:
         """Until NOTIFY, the poll interval, a freed slot (when full) or stop."""
-        waits = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(self.stopping.wait())]
+        waits = [
+            asyncio.ensure_future(self.wake.wait()),
+            asyncio.ensure_future(self.stopping.wait()),
+        ]
         if len(self.inflight) >= self.concurrency:
             self._slot_freed.clear()
             waits.append(asyncio.ensure_future(self._slot_freed.wait()))
         try:
-            await asyncio.wait(waits, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                waits, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for w in waits:
                 w.cancel()
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
 
     async def _renew_leases(self) -> None:
         while True:

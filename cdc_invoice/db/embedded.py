@@ -19,7 +19,8 @@ def start(datadir: Path, *, keep: bool = False) -> tuple[str, Any]:
     except ImportError as exc:  # pragma: no cover - pgserver is a dependency
         raise RuntimeError("the embedded PostgreSQL needs the pgserver package") from exc
     datadir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(str(datadir), cleanup_mode=None if keep else "delete")
+    mode = None if keep else "delete"
+    server = pgserver.get_server(str(datadir), cleanup_mode=mode)  # type: ignore[attr-defined]
     dsn = str(server.get_uri())
     log.info("embedded PostgreSQL at %s", datadir)
     return dsn, server

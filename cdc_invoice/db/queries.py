@@ -26,7 +26,8 @@ def sql_dir() -> Path:
 def sql_file(name: str) -> LiteralString:
     """The text of sql/<name> (e.g. "schema.sql", "migrations/0001_initial.sql")."""
     # cdc-invoice ships these files and takes responsibility for them: they are our literals.
-    return cast(LiteralString, (sql_dir() / name).read_text(encoding="utf-8"))
+    text: LiteralString = (sql_dir() / name).read_text(encoding="utf-8")
+    return text
 
 
 def parse_named(text: str) -> dict[str, LiteralString]:

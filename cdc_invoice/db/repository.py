@@ -28,7 +28,7 @@ from cdc_invoice.invoice.model import Buyer, ItemTax, Seller
 log = logging.getLogger(__name__)
 
 # Detect a dead peer within ~30 s even when idle (half-open TCP after a failover or a cut link).
-KEEPALIVES = {
+KEEPALIVES: dict[str, Any] = {
     "keepalives": 1,
     "keepalives_idle": 10,
     "keepalives_interval": 5,
@@ -87,7 +87,9 @@ class Fence:
 
 
 class Repository:
-    def __init__(self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]], daemon_id: str) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]], daemon_id: str
+    ) -> None:
         self.pool = pool
         self.daemon_id = daemon_id
 
@@ -126,8 +128,12 @@ class Repository:
         async with self.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 q("claim_requests"),
-                {"limit": limit, "daemon_id": self.daemon_id, "lease_seconds": lease_seconds,
-                 "kinds": list(kinds)},
+                {
+                    "limit": limit,
+                    "daemon_id": self.daemon_id,
+                    "lease_seconds": lease_seconds,
+                    "kinds": list(kinds),
+                },
             )
             return [ClaimedRequest(**row) for row in await cur.fetchall()]
 
@@ -139,14 +145,24 @@ class Repository:
             )
 
     async def mark_submitted(
-        self, fence: Fence, progress: dict[str, Any], serial: str | None, poll_after: float,
+        self,
+        fence: Fence,
+        progress: dict[str, Any],
+        serial: str | None,
+        poll_after: float,
         event: dict[str, Any],
     ) -> bool:
         async with self.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 q("mark_submitted"),
-                {"id": fence.id, "attempt": fence.attempt, "daemon_id": self.daemon_id,
-                 "progress": Jsonb(progress), "serial": serial, "poll_after": poll_after},
+                {
+                    "id": fence.id,
+                    "attempt": fence.attempt,
+                    "daemon_id": self.daemon_id,
+                    "progress": Jsonb(progress),
+                    "serial": serial,
+                    "poll_after": poll_after,
+                },
             )
             if cur.rowcount != 1:
                 return False
@@ -159,19 +175,35 @@ class Repository:
         async with self.connection() as conn:
             await conn.execute(
                 q("release_poll"),
-                {"ids": [f.id for f in fences], "attempts": [f.attempt for f in fences],
-                 "daemon_id": self.daemon_id, "poll_after": poll_after},
+                {
+                    "ids": [f.id for f in fences],
+                    "attempts": [f.attempt for f in fences],
+                    "daemon_id": self.daemon_id,
+                    "poll_after": poll_after,
+                },
             )
 
     async def release_retry(
-        self, fence: Fence, delay: float, error: str, code: str | None, hint: str | None,
+        self,
+        fence: Fence,
+        delay: float,
+        error: str,
+        code: str | None,
+        hint: str | None,
         event: dict[str, Any],
     ) -> bool:
         async with self.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 q("release_retry"),
-                {"id": fence.id, "attempt": fence.attempt, "daemon_id": self.daemon_id,
-                 "delay": delay, "error": error, "code": code, "hint": hint},
+                {
+                    "id": fence.id,
+                    "attempt": fence.attempt,
+                    "daemon_id": self.daemon_id,
+                    "delay": delay,
+                    "error": error,
+                    "code": code,
+                    "hint": hint,
+                },
             )
             if cur.rowcount != 1:
                 return False
@@ -181,7 +213,9 @@ class Repository:
     async def release_unclaimed(self, ids: Sequence[int]) -> None:
         if ids:
             async with self.connection() as conn:
-                await conn.execute(q("release_unclaimed"), {"ids": list(ids), "daemon_id": self.daemon_id})
+                await conn.execute(
+                    q("release_unclaimed"), {"ids": list(ids), "daemon_id": self.daemon_id}
+                )
 
     async def mark_failed(
         self, fence: Fence, error: str, code: str | None, hint: str | None, event: dict[str, Any]
@@ -189,15 +223,23 @@ class Repository:
         async with self.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 q("mark_failed"),
-                {"id": fence.id, "attempt": fence.attempt, "daemon_id": self.daemon_id,
-                 "error": error, "code": code, "hint": hint},
+                {
+                    "id": fence.id,
+                    "attempt": fence.attempt,
+                    "daemon_id": self.daemon_id,
+                    "error": error,
+                    "code": code,
+                    "hint": hint,
+                },
             )
             if cur.rowcount != 1:
                 return False
             await self._event(conn, request_id=fence.id, **event)
             return True
 
-    async def record_invoices(self, batch: Sequence[tuple[Fence, list[dict[str, Any]]]]) -> list[int]:
+    async def record_invoices(
+        self, batch: Sequence[tuple[Fence, list[dict[str, Any]]]]
+    ) -> list[int]:
         """Record finished requests' invoices and mark them done, several per transaction.
 
         Each request is fenced and kept in a savepoint, so one that lost its lease (or whose
@@ -216,7 +258,9 @@ class Repository:
                             {"id": fence.id, "attempt": fence.attempt, "daemon_id": self.daemon_id},
                         )
                         if cur.rowcount != 1:
-                            log.warning("request %s: lease lost before recording; skipped", fence.id)
+                            log.warning(
+                                "request %s: lease lost before recording; skipped", fence.id
+                            )
                             continue
                         for original in invoices:
                             inv = dict(original)  # the caller may retry the batch
@@ -231,27 +275,45 @@ class Repository:
                                     [{**line, "invoice_id": invoice_id} for line in lines],
                                 )
                             await self._event(
-                                conn, request_id=fence.id, invoice_id=invoice_id,
-                                source=inv["source"], order_ref=inv["order_ref"],
+                                conn,
+                                request_id=fence.id,
+                                invoice_id=invoice_id,
+                                source=inv["source"],
+                                order_ref=inv["order_ref"],
                                 event="invoice.recorded",
                                 detail={"invoice_number": inv["invoice_number"], **event_detail},
                             )
                         done.append(fence.id)
                 except psycopg.errors.UniqueViolation as exc:
-                    log.warning("request %s: invoice already recorded (%s); skipped", fence.id,
-                                exc.diag.constraint_name)
+                    log.warning(
+                        "request %s: invoice already recorded (%s); skipped",
+                        fence.id,
+                        exc.diag.constraint_name,
+                    )
         return done
 
     async def _event(
-        self, conn: psycopg.AsyncConnection[Any], *, event: str, request_id: int | None = None,
-        invoice_id: int | None = None, source: str | None = None, order_ref: str | None = None,
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        *,
+        event: str,
+        request_id: int | None = None,
+        invoice_id: int | None = None,
+        source: str | None = None,
+        order_ref: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
         await conn.execute(
             q("insert_event"),
-            {"actor": self.daemon_id, "request_id": request_id, "invoice_id": invoice_id,
-             "source": source, "order_ref": order_ref, "event": event,
-             "detail": Jsonb(detail) if detail is not None else None},
+            {
+                "actor": self.daemon_id,
+                "request_id": request_id,
+                "invoice_id": invoice_id,
+                "source": source,
+                "order_ref": order_ref,
+                "event": event,
+                "detail": Jsonb(detail) if detail is not None else None,
+            },
         )
 
     # --- reference data ----------------------------------------------------------------
@@ -279,16 +341,24 @@ class Repository:
                 await cur.execute(q("load_buyers"), {"refs": list(customer_refs), "source": source})
                 for r in await cur.fetchall():
                     buyers[r["customer_ref"]] = Buyer(
-                        name=r["name"], tax_number=r["tax_number"], email=r["email"],
-                        phone=r["phone"], address=r["address"], bank_account=r["bank_account"],
-                        natural_person=r["natural_person"], invoice_line=r["invoice_type"],
+                        name=r["name"],
+                        tax_number=r["tax_number"],
+                        email=r["email"],
+                        phone=r["phone"],
+                        address=r["address"],
+                        bank_account=r["bank_account"],
+                        natural_person=r["natural_person"],
+                        invoice_line=r["invoice_type"],
                     )
             if item_refs:
                 await cur.execute(q("load_items"), {"refs": list(item_refs), "source": source})
                 for r in await cur.fetchall():
                     items[r["item_ref"]] = ItemTax(
-                        item_ref=r["item_ref"], tax_code=r["tax_code"], tax_rate=r["tax_rate"],
-                        short_name=r["short_name"], policy_flag=r["policy_flag"],
+                        item_ref=r["item_ref"],
+                        tax_code=r["tax_code"],
+                        tax_rate=r["tax_rate"],
+                        short_name=r["short_name"],
+                        policy_flag=r["policy_flag"],
                     )
         return buyers, items
 

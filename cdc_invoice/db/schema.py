@@ -21,7 +21,7 @@ REPLACEABLE = ("api.sql", "roles.sql", "reports.sql")
 
 def install_script() -> str:
     """The whole fresh install as one script, for `cdc-invoice sql | psql`."""
-    parts = ["-- cdc-invoice install script (schema version %d)" % latest_version(), "BEGIN;"]
+    parts = [f"-- cdc-invoice install script (schema version {latest_version()})", "BEGIN;"]
     parts += [f"-- ===== sql/{name}\n{sql_file(name)}" for name in ("schema.sql", *REPLACEABLE)]
     parts.append("COMMIT;")
     return "\n\n".join(parts) + "\n"
@@ -37,8 +37,10 @@ class InstallResult:
         if self.before is None:
             return f"installed cdc_invoice schema version {self.after}"
         if self.before == self.after:
-            return f"cdc_invoice schema version {self.after} is current (functions and views refreshed)"
-        return f"upgraded cdc_invoice schema {self.before} -> {self.after} ({', '.join(self.applied)})"
+            return f"cdc_invoice schema {self.after} is current (functions, views refreshed)"
+        return (
+            f"upgraded cdc_invoice schema {self.before} -> {self.after} ({', '.join(self.applied)})"
+        )
 
 
 def installed_version(conn: psycopg.Connection[tuple[object, ...]]) -> int | None:
@@ -46,7 +48,7 @@ def installed_version(conn: psycopg.Connection[tuple[object, ...]]) -> int | Non
     if not row or not row[0]:
         return None
     ver = conn.execute(q("schema_version")).fetchone()
-    return int(ver[0]) if ver and ver[0] is not None else None
+    return int(str(ver[0])) if ver and ver[0] is not None else None
 
 
 def install(dsn: str) -> InstallResult:
@@ -82,7 +84,9 @@ def check_version(conn: psycopg.Connection[tuple[object, ...]]) -> int:
     """The daemon's start-up check: the installed version must be the one it was built for."""
     version = installed_version(conn)
     if version is None:
-        raise SchemaNotInstalled(hint="run `cdc-invoice install --dsn …` (or `cdc-invoice sql | psql`)")
+        raise SchemaNotInstalled(
+            hint="run `cdc-invoice install --dsn …` (or `cdc-invoice sql | psql`)"
+        )
     if version != latest_version():
         raise SchemaVersionMismatch(
             f"installed cdc_invoice schema version {version}, this daemon needs {latest_version()}",
@@ -93,7 +97,9 @@ def check_version(conn: psycopg.Connection[tuple[object, ...]]) -> int:
     return version
 
 
-def catalogue(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> dict[tuple[str, str], str]:
+def catalogue(
+    conn: psycopg.Connection[tuple[object, ...]], schema: str
+) -> dict[tuple[str, str], str]:
     """{(kind, name): definition} of every object in ``schema``, schema name replaced by '@'."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(q("catalogue", "admin.sql"), {"schema": schema})
@@ -106,7 +112,9 @@ def catalogue(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> dict
         }
 
 
-def diff_catalogues(actual: dict[tuple[str, str], str], expected: dict[tuple[str, str], str]) -> list[str]:
+def diff_catalogues(
+    actual: dict[tuple[str, str], str], expected: dict[tuple[str, str], str]
+) -> list[str]:
     lines = []
     for key in sorted(expected.keys() - actual.keys()):
         lines.append(f"missing {key[0]} {key[1]}: {expected[key]}")
@@ -114,7 +122,9 @@ def diff_catalogues(actual: dict[tuple[str, str], str], expected: dict[tuple[str
         lines.append(f"unexpected {key[0]} {key[1]}: {actual[key]}")
     for key in sorted(actual.keys() & expected.keys()):
         if actual[key] != expected[key]:
-            lines.append(f"changed {key[0]} {key[1]}: found {actual[key]!r}, expected {expected[key]!r}")
+            lines.append(
+                f"changed {key[0]} {key[1]}: found {actual[key]!r}, expected {expected[key]!r}"
+            )
     return lines
 
 
@@ -131,7 +141,8 @@ def verify(dsn: str) -> list[str]:
         problems = []
         if version != latest_version():
             problems.append(
-                f"schema version {version} installed, {latest_version()} expected: run `cdc-invoice install`"
+                f"schema version {version} installed, {latest_version()} expected: "
+                "run `cdc-invoice install`"
             )
         try:
             with conn.transaction():

@@ -28,8 +28,9 @@ QUOTA_PER_30_DAYS = 50
 
 def fernet_for(key_material: str) -> Fernet:
     """A Fernet key derived from a secret (the app secret or the token key file's content)."""
-    raw = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-               info=b"cdc-invoice provider token v1").derive(key_material.encode())
+    raw = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"cdc-invoice provider token v1"
+    ).derive(key_material.encode())
     return Fernet(base64.urlsafe_b64encode(raw))
 
 
@@ -45,7 +46,9 @@ class PgTokenStore:
             token = self.keys[app_key].decrypt(bytes(blob)).decode()
         except (InvalidToken, KeyError):
             # Another key (rotated secret or token_key_file): treat as absent, fetch anew.
-            log.warning("stored token for app %s cannot be decrypted with this daemon's key", app_key)
+            log.warning(
+                "stored token for app %s cannot be decrypted with this daemon's key", app_key
+            )
             return None
         return CachedToken(access_token=token, expires_at=expires_at.timestamp())
 
@@ -72,18 +75,28 @@ class PgTokenStore:
                 assert row is not None
                 current = self._decrypt(app_key, row[0], row[1])
                 now = datetime.now(UTC).timestamp()
-                if current is not None and current.access_token != stale_token and current.usable(now):
+                if (
+                    current is not None
+                    and current.access_token != stale_token
+                    and current.usable(now)
+                ):
                     return current  # another daemon fetched it while we waited for the lock
                 recent = len(row[2] or [])
                 if recent >= QUOTA_PER_30_DAYS - 5:
-                    log.warning("app %s fetched %d tokens in the last 30 days (platform limit %d)",
-                                app_key, recent, QUOTA_PER_30_DAYS)
+                    log.warning(
+                        "app %s fetched %d tokens in the last 30 days (platform limit %d)",
+                        app_key,
+                        recent,
+                        QUOTA_PER_30_DAYS,
+                    )
                 token = await fetch()
                 await conn.execute(
                     q("token_store"),
-                    {"app_key": app_key,
-                     "token": self.keys[app_key].encrypt(token.access_token.encode()),
-                     "expires_at": datetime.fromtimestamp(token.expires_at, UTC),
-                     "daemon_id": self.repo.daemon_id},
+                    {
+                        "app_key": app_key,
+                        "token": self.keys[app_key].encrypt(token.access_token.encode()),
+                        "expires_at": datetime.fromtimestamp(token.expires_at, UTC),
+                        "daemon_id": self.repo.daemon_id,
+                    },
                 )
                 return token

@@ -44,7 +44,9 @@ class Buyer:
     address: str | None = None
     bank_account: str | None = None
     natural_person: bool = False
-    invoice_line: str | None = None  # buyer-specific invoice kind (e.g. 'bs' for 专票); None = seller's
+    invoice_line: str | None = (
+        None  # buyer-specific invoice kind (e.g. 'bs' for 专票); None = seller's
+    )
 
 
 @dataclass(frozen=True, slots=True)

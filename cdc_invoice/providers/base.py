@@ -81,7 +81,7 @@ class Provider(Protocol):
     async def query_by_order_nos(
         self, seller: Seller, order_nos: Sequence[str]
     ) -> list[PlatformInvoice]:
-        """Status by our order numbers (used to resolve an unknown outcome); unknown ones omitted."""
+        """Status by our order numbers (to resolve an unknown outcome); unknown ones omitted."""
         ...
 
     async def aclose(self) -> None:

@@ -12,27 +12,38 @@ ATTACH = """SELECT cdc_invoice.attach(source => %(source)s, order_table => %(tab
 
 
 def attach_args(**over: str) -> dict[str, str]:
-    args = {"source": "shop", "table": "shop.orders", "key": "order_id",
-            "when": "NEW.status = 'shipped' AND NEW.status IS DISTINCT FROM OLD.status",
-            "doc": "invoicing.shop_document", "seller": "main"}
+    args = {
+        "source": "shop",
+        "table": "shop.orders",
+        "key": "order_id",
+        "when": "NEW.status = 'shipped' AND NEW.status IS DISTINCT FROM OLD.status",
+        "doc": "invoicing.shop_document",
+        "seller": "main",
+    }
     args.update(over)
     return args
 
 
-def new_order(conn: psycopg.Connection[tuple[object, ...]], status: str = "new",
-              lines: int = 2) -> int:
-    row = conn.execute("INSERT INTO shop.orders (customer_id, status) VALUES ('C001', %s) "
-                       "RETURNING order_id", (status,)).fetchone()
+def new_order(
+    conn: psycopg.Connection[tuple[object, ...]], status: str = "new", lines: int = 2
+) -> int:
+    row = conn.execute(
+        "INSERT INTO shop.orders (customer_id, status) VALUES ('C001', %s) RETURNING order_id",
+        (status,),
+    ).fetchone()
     assert row is not None
     for n in range(1, lines + 1):
-        conn.execute("INSERT INTO shop.order_lines VALUES (%s, %s, 'P-MOUSE', %s, 79.90, 0)",
-                     (row[0], n, n))
+        conn.execute(
+            "INSERT INTO shop.order_lines VALUES (%s, %s, 'P-MOUSE', %s, 79.90, 0)", (row[0], n, n)
+        )
     return int(row[0])
 
 
 def requests(conn: psycopg.Connection[tuple[object, ...]]) -> list[tuple[object, ...]]:
-    return conn.execute("SELECT order_ref, kind, state, jsonb_array_length(document) "
-                        "FROM cdc_invoice.request ORDER BY id").fetchall()
+    return conn.execute(
+        "SELECT order_ref, kind, state, jsonb_array_length(document) "
+        "FROM cdc_invoice.request ORDER BY id"
+    ).fetchall()
 
 
 def test_completed_order_is_captured_with_its_document(shop_dsn: str) -> None:
@@ -54,11 +65,16 @@ def test_completed_reopened_completed_again_is_one_request(shop_dsn: str) -> Non
         assert len(requests(conn)) == 1
 
 
-def test_snapshot_sees_lines_written_after_the_status_in_the_same_transaction(shop_dsn: str) -> None:
+def test_snapshot_sees_lines_written_after_the_status_in_the_same_transaction(
+    shop_dsn: str,
+) -> None:
     with psycopg.connect(shop_dsn) as conn:
         oid = new_order(conn, status="shipped", lines=0)  # INSERT already complete, no lines yet
-        conn.execute("INSERT INTO shop.order_lines VALUES (%s, 1, 'P-TEA', 3, 268, 0), "
-                     "(%s, 2, 'P-PAPER', 1, 125.5, 0)", (oid, oid))
+        conn.execute(
+            "INSERT INTO shop.order_lines VALUES (%s, 1, 'P-TEA', 3, 268, 0), "
+            "(%s, 2, 'P-PAPER', 1, 125.5, 0)",
+            (oid, oid),
+        )
         conn.commit()
         assert requests(conn) == [(str(oid), "issue", "pending", 2)]
 
@@ -76,17 +92,23 @@ def test_non_qualifying_update_calls_no_trigger_function(shop_dsn: str) -> None:
     with psycopg.connect(shop_dsn, autocommit=True) as conn:
         quals = conn.execute(
             "SELECT tgname, tgqual IS NOT NULL FROM pg_trigger "
-            "WHERE tgrelid = 'shop.orders'::regclass AND tgname LIKE '%%_upd' ORDER BY tgname").fetchall()
+            "WHERE tgrelid = 'shop.orders'::regclass AND tgname LIKE '%%_upd' ORDER BY tgname"
+        ).fetchall()
         assert quals and all(has_when for _, has_when in quals), quals
         conn.execute("SET track_functions = 'all'")
-        fn = conn.execute("SELECT capture_fn FROM cdc_invoice.source WHERE source = 'shop'").fetchone()
+        fn = conn.execute(
+            "SELECT capture_fn FROM cdc_invoice.source WHERE source = 'shop'"
+        ).fetchone()
         assert fn is not None
 
         def calls() -> int:
             conn.execute("SELECT pg_stat_force_next_flush()")
             conn.execute("SELECT pg_stat_clear_snapshot()")
-            row = conn.execute("SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions "
-                               "WHERE schemaname = 'cdc_invoice' AND funcname = %s", (fn[0],)).fetchone()
+            row = conn.execute(
+                "SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions "
+                "WHERE schemaname = 'cdc_invoice' AND funcname = %s",
+                (fn[0],),
+            ).fetchone()
             return int(row[0]) if row else 0
 
         oid = new_order(conn)
@@ -101,8 +123,10 @@ def test_non_qualifying_update_calls_no_trigger_function(shop_dsn: str) -> None:
 def test_concurrent_completions_send_one_coalesced_notification(shop_dsn: str) -> None:
     """While one completing transaction holds the wake-up lock, others commit without NOTIFY."""
     n = 12
-    with psycopg.connect(shop_dsn, autocommit=True) as listener, \
-         psycopg.connect(shop_dsn) as holder:
+    with (
+        psycopg.connect(shop_dsn, autocommit=True) as listener,
+        psycopg.connect(shop_dsn) as holder,
+    ):
         ids = [new_order(listener) for _ in range(n + 1)]
         listener.execute("LISTEN cdc_invoice")
         holder.execute("UPDATE shop.orders SET status = 'shipped' WHERE order_id = %s", (ids[0],))
@@ -111,7 +135,9 @@ def test_concurrent_completions_send_one_coalesced_notification(shop_dsn: str) -
         def complete(order_ids: list[int]) -> None:
             with psycopg.connect(shop_dsn, autocommit=True) as c:
                 for oid in order_ids:
-                    c.execute("UPDATE shop.orders SET status = 'shipped' WHERE order_id = %s", (oid,))
+                    c.execute(
+                        "UPDATE shop.orders SET status = 'shipped' WHERE order_id = %s", (oid,)
+                    )
 
         threads = [threading.Thread(target=complete, args=(ids[1 + i :: 4],)) for i in range(4)]
         for t in threads:
@@ -133,7 +159,9 @@ def test_many_concurrent_completions_send_far_fewer_notifications(shop_dsn: str)
         def complete(order_ids: list[int]) -> None:
             with psycopg.connect(shop_dsn, autocommit=True) as c:
                 for oid in order_ids:
-                    c.execute("UPDATE shop.orders SET status = 'shipped' WHERE order_id = %s", (oid,))
+                    c.execute(
+                        "UPDATE shop.orders SET status = 'shipped' WHERE order_id = %s", (oid,)
+                    )
 
         threads = [threading.Thread(target=complete, args=(ids[i::conns],)) for i in range(conns)]
         for t in threads:
@@ -141,7 +169,9 @@ def test_many_concurrent_completions_send_far_fewer_notifications(shop_dsn: str)
         for t in threads:
             t.join()
         received = list(listener.notifies(timeout=1.0))
-        assert listener.execute("SELECT count(*) FROM cdc_invoice.request").fetchone() == (len(ids),)
+        assert listener.execute("SELECT count(*) FROM cdc_invoice.request").fetchone() == (
+            len(ids),
+        )
         # Every transaction that did not overlap another one notifies; overlapping ones skip.
         assert 0 < len(received) < len(ids), len(received)
         print(f"{len(received)} notifications for {len(ids)} completions")
@@ -150,7 +180,7 @@ def test_many_concurrent_completions_send_far_fewer_notifications(shop_dsn: str)
 @pytest.mark.parametrize(
     ("over", "message"),
     [
-        ({"table": "shop.nope"}, 'order table \'shop.nope\' does not exist'),
+        ({"table": "shop.nope"}, "order table 'shop.nope' does not exist"),
         ({"table": "invoicing.shop_document"}, "is not a table"),
         ({"key": "id"}, "column 'id' does not exist in shop.orders"),
         ({"doc": "invoicing.nope"}, "document view 'invoicing.nope' does not exist"),
@@ -166,7 +196,9 @@ def test_many_concurrent_completions_send_far_fewer_notifications(shop_dsn: str)
         ({"source": "x" * 41}, "source name must be 1 to 40 characters"),
     ],
 )
-def test_attach_rejects_bad_arguments_clearly(shop_dsn: str, over: dict[str, str], message: str) -> None:
+def test_attach_rejects_bad_arguments_clearly(
+    shop_dsn: str, over: dict[str, str], message: str
+) -> None:
     with psycopg.connect(shop_dsn, autocommit=True) as conn:
         with pytest.raises(psycopg.Error) as exc:
             conn.execute(ATTACH, attach_args(**over))
@@ -178,8 +210,10 @@ def test_attach_rejects_bad_arguments_clearly(shop_dsn: str, over: dict[str, str
 
 def test_attach_is_idempotent_and_detach_removes_triggers(shop_dsn: str) -> None:
     def triggers(conn: psycopg.Connection[tuple[object, ...]]) -> list[tuple[object, ...]]:
-        return conn.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = 'shop.orders'::regclass "
-                            "AND NOT tgisinternal ORDER BY 1").fetchall()
+        return conn.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'shop.orders'::regclass "
+            "AND NOT tgisinternal ORDER BY 1"
+        ).fetchall()
 
     with psycopg.connect(shop_dsn, autocommit=True) as conn:
         before = triggers(conn)
@@ -208,11 +242,20 @@ def test_chinese_identifiers_text_keys_and_odd_source_names(installed_dsn: str) 
                 FROM "进销存"."销售明细" d JOIN "进销存"."销售单" h USING ("单号");
             INSERT INTO cdc_invoice.seller (seller_id, tax_number, name) VALUES ('main', '339902999999789113', 'x');
         """)
-        conn.execute(ATTACH, attach_args(source="销售 'quoted\"", table='"进销存"."销售单"', key="单号",
-                                         when="NEW.\"状态\" = '已发货'", doc='"进销存"."发票视图"'))
+        conn.execute(
+            ATTACH,
+            attach_args(
+                source="销售 'quoted\"",
+                table='"进销存"."销售单"',
+                key="单号",
+                when="NEW.\"状态\" = '已发货'",
+                doc='"进销存"."发票视图"',
+            ),
+        )
         conn.execute("""INSERT INTO "进销存"."销售单" VALUES ('SO-001', '新建', 'C1');
                         INSERT INTO "进销存"."销售明细" VALUES ('SO-001', 1, '茶叶', 2, 99.5);
                         UPDATE "进销存"."销售单" SET "状态" = '已发货'""")
-        row = conn.execute("SELECT source, order_ref, jsonb_array_length(document) "
-                           "FROM cdc_invoice.request").fetchone()
+        row = conn.execute(
+            "SELECT source, order_ref, jsonb_array_length(document) FROM cdc_invoice.request"
+        ).fetchone()
         assert row == ("销售 'quoted\"", "SO-001", 1)

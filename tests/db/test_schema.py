@@ -24,7 +24,9 @@ def test_install_twice_is_a_no_op(fresh_dsn: str) -> None:
         assert conn.execute("SELECT count(*) FROM cdc_invoice.schema_version").fetchone() == (1,)
 
 
-def test_schema_sql_and_migrations_give_the_same_catalogue(fresh_dsn: str, installed_dsn: str) -> None:
+def test_schema_sql_and_migrations_give_the_same_catalogue(
+    fresh_dsn: str, installed_dsn: str
+) -> None:
     with psycopg.connect(fresh_dsn, autocommit=True) as conn:
         for _, name in migrations():
             conn.execute(sql_file(name))
@@ -70,15 +72,21 @@ def test_verify_reports_drift_and_changes_nothing(installed_dsn: str) -> None:
     with psycopg.connect(installed_dsn, autocommit=True) as conn:
         conn.execute("DROP INDEX cdc_invoice.request_failed_idx")
         conn.execute("ALTER TABLE cdc_invoice.invoice ADD COLUMN note text")
-        conn.execute("CREATE OR REPLACE FUNCTION cdc_invoice.retry_failed(source text DEFAULT NULL) "
-                     "RETURNS bigint LANGUAGE sql AS 'SELECT 0::bigint'")
+        conn.execute(
+            "CREATE OR REPLACE FUNCTION cdc_invoice.retry_failed(source text DEFAULT NULL) "
+            "RETURNS bigint LANGUAGE sql AS 'SELECT 0::bigint'"
+        )
     problems = schema.verify(installed_dsn)
     assert any(p.startswith("missing index request_failed_idx") for p in problems), problems
     assert any(p.startswith("unexpected column invoice.note") for p in problems), problems
     assert any(p.startswith("changed function retry_failed") for p in problems), problems
     with psycopg.connect(installed_dsn) as conn:  # verify rolled its scratch install back
-        assert conn.execute("SELECT to_regnamespace('cdc_invoice_verify_installed')").fetchone() == (None,)
-        assert conn.execute("SELECT to_regclass('cdc_invoice.request_failed_idx')").fetchone() == (None,)
+        assert conn.execute(
+            "SELECT to_regnamespace('cdc_invoice_verify_installed')"
+        ).fetchone() == (None,)
+        assert conn.execute("SELECT to_regclass('cdc_invoice.request_failed_idx')").fetchone() == (
+            None,
+        )
 
 
 def test_sql_command_prints_an_installable_script(fresh_dsn: str) -> None:
@@ -106,8 +114,10 @@ def test_cli_install_verify_uninstall(shop_dsn: str) -> None:
     assert r.exit_code == 0 and "detached: shop" in r.output, r.output
     with psycopg.connect(shop_dsn) as conn:
         assert conn.execute("SELECT to_regnamespace('cdc_invoice')").fetchone() == (None,)
-        triggers = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'shop.orders'::regclass"
-                                " AND NOT tgisinternal").fetchone()
+        triggers = conn.execute(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'shop.orders'::regclass"
+            " AND NOT tgisinternal"
+        ).fetchone()
         assert triggers == (0,)
         # The shop keeps working without us.
         conn.execute("UPDATE shop.orders SET status = 'shipped'")

@@ -27,7 +27,9 @@ def start_daemon(tmp_path: Path) -> Iterator[StartDaemon]:
     procs: list[harness.Proc] = []
 
     def start(dsn: str, sb: harness.Sandbox, name: str = "daemon", **settings: Any) -> harness.Proc:
-        config = harness.write_config(tmp_path / f"{name}.toml", dsn=dsn, sandbox=sb, daemon=settings)
+        config = harness.write_config(
+            tmp_path / f"{name}.toml", dsn=dsn, sandbox=sb, daemon=settings
+        )
         proc = harness.start_daemon(config, name=name)
         procs.append(proc)
         return proc

@@ -24,7 +24,8 @@ def wait_done(dsn: str, expected: int, timeout: float = 120.0) -> tuple[int, int
         while True:
             row = conn.execute(
                 "SELECT count(*) FILTER (WHERE state = 'done'), count(*) FILTER (WHERE state = 'failed')"
-                " FROM cdc_invoice.request").fetchone()
+                " FROM cdc_invoice.request"
+            ).fetchone()
             assert row is not None
             if row[0] + row[1] >= expected or time.monotonic() > deadline:
                 return int(row[0]), int(row[1])
@@ -34,9 +35,11 @@ def wait_done(dsn: str, expected: int, timeout: float = 120.0) -> tuple[int, int
 async def platform_invoices(sb: harness.Sandbox, order_nos: list[str]) -> dict[str, str]:
     """Ask the platform, through the protocol, what it issued under our order numbers."""
     seller = Seller(seller_id="main", tax_number=harness.SELLER_TAX_NUMBER, name="x")
-    provider = NuonuoProvider(base_url=sb.url, token_store=MemoryTokenStore(),
-                              credentials={"main": Credentials(app_key=sb.app_key,
-                                                               app_secret=sb.app_secret)})
+    provider = NuonuoProvider(
+        base_url=sb.url,
+        token_store=MemoryTokenStore(),
+        credentials={"main": Credentials(app_key=sb.app_key, app_secret=sb.app_secret)},
+    )
     found: dict[str, str] = {}
     try:
         for i in range(0, len(order_nos), 50):
@@ -58,9 +61,12 @@ def test_500_orders_from_8_connections_get_exactly_500_invoices(
     assert (done, failed) == (500, 0), daemon.output()[-3000:]
     assert demo.verify_invoices(shop_dsn, orders, sandbox) == []
     with psycopg.connect(shop_dsn) as conn:
-        order_nos = [r[0] for r in conn.execute("SELECT platform_order_no FROM cdc_invoice.invoice")]
-        assert conn.execute("SELECT count(*) FROM cdc_invoice.request WHERE state <> 'done'"
-                            ).fetchone() == (0,)
+        order_nos = [
+            r[0] for r in conn.execute("SELECT platform_order_no FROM cdc_invoice.invoice")
+        ]
+        assert conn.execute(
+            "SELECT count(*) FROM cdc_invoice.request WHERE state <> 'done'"
+        ).fetchone() == (0,)
         # Lines add up to headers, and the daily report adds up to the invoices.
         assert conn.execute(
             "SELECT count(*) FROM cdc_invoice.invoice i WHERE total_incl_tax <> "
@@ -68,7 +74,8 @@ def test_500_orders_from_8_connections_get_exactly_500_invoices(
         ).fetchone() == (0,)
         assert conn.execute(
             "SELECT (SELECT sum(amount_incl_tax) FROM cdc_invoice.report_daily) = "
-            "(SELECT sum(total_incl_tax) FROM cdc_invoice.invoice)").fetchone() == (True,)
+            "(SELECT sum(total_incl_tax) FROM cdc_invoice.invoice)"
+        ).fetchone() == (True,)
     statuses = asyncio.run(platform_invoices(sandbox, order_nos))
     assert len(statuses) == 500 and set(statuses.values()) == {"issued"}
 
@@ -94,22 +101,35 @@ def test_bad_orders_are_parked_with_a_reason_and_the_others_flow(
     start_daemon(shop_dsn, sandbox)
     with psycopg.connect(shop_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO shop.products VALUES ('P-NEW', '新品', 'x', '个', NULL, 10)")
-        empty = conn.execute("INSERT INTO shop.orders (customer_id, status) VALUES ('C001', 'shipped') "
-                             "RETURNING order_id").fetchone()
+        empty = conn.execute(
+            "INSERT INTO shop.orders (customer_id, status) VALUES ('C001', 'shipped') "
+            "RETURNING order_id"
+        ).fetchone()
         with conn.transaction():
-            unmapped = conn.execute("INSERT INTO shop.orders (customer_id, status) VALUES ('C002', "
-                                    "'shipped') RETURNING order_id").fetchone()
+            unmapped = conn.execute(
+                "INSERT INTO shop.orders (customer_id, status) VALUES ('C002', "
+                "'shipped') RETURNING order_id"
+            ).fetchone()
             assert unmapped is not None
-            conn.execute("INSERT INTO shop.order_lines VALUES (%s, 1, 'P-NEW', 1, 10, 0), "
-                         "(%s, 2, 'P-TEA', 1, 268, 0)", (unmapped[0], unmapped[0]))
+            conn.execute(
+                "INSERT INTO shop.order_lines VALUES (%s, 1, 'P-NEW', 1, 10, 0), "
+                "(%s, 2, 'P-TEA', 1, 268, 0)",
+                (unmapped[0], unmapped[0]),
+            )
     good = demo.ship_orders(shop_dsn, 10)
     assert wait_done(shop_dsn, 12) == (10, 2)
     assert empty is not None
     with psycopg.connect(shop_dsn) as conn:
-        failures = dict(conn.execute("SELECT order_ref, last_error FROM cdc_invoice.request "
-                                     "WHERE state = 'failed'").fetchall())
-        hints = dict(conn.execute("SELECT order_ref, hint FROM cdc_invoice.request "
-                                  "WHERE state = 'failed'").fetchall())
+        failures = dict(
+            conn.execute(
+                "SELECT order_ref, last_error FROM cdc_invoice.request WHERE state = 'failed'"
+            ).fetchall()
+        )
+        hints = dict(
+            conn.execute(
+                "SELECT order_ref, hint FROM cdc_invoice.request WHERE state = 'failed'"
+            ).fetchall()
+        )
         assert set(failures) == {str(empty[0]), str(unmapped[0])}
         assert str(empty[0]) in failures[str(empty[0])] and "no lines" in failures[str(empty[0])]
         assert str(unmapped[0]) in failures[str(unmapped[0])]
@@ -124,28 +144,32 @@ def test_sigkill_mid_flight_then_restart_gives_exactly_one_invoice_each(
     shop_dsn: str, sandbox: harness.Sandbox, start_daemon: StartDaemon
 ) -> None:
     sandbox.configure(latency_ms=400)  # slow platform: the kill lands inside platform calls
-    first = start_daemon(shop_dsn, sandbox, name="first", concurrency=16, lease_seconds=5.0,
-                         poll_interval=0.2)
+    first = start_daemon(
+        shop_dsn, sandbox, name="first", concurrency=16, lease_seconds=5.0, poll_interval=0.2
+    )
     orders = demo.ship_orders(shop_dsn, 60, connections=4)
     in_flight = 0
     with psycopg.connect(shop_dsn, autocommit=True) as conn:
         deadline = time.monotonic() + 30
         while in_flight == 0 and time.monotonic() < deadline:
-            row = conn.execute("SELECT count(*) FROM cdc_invoice.request "
-                               "WHERE state = 'claimed'").fetchone()
+            row = conn.execute(
+                "SELECT count(*) FROM cdc_invoice.request WHERE state = 'claimed'"
+            ).fetchone()
             in_flight = int(row[0]) if row else 0
             time.sleep(0.05)
     time.sleep(0.2)
     first.kill()  # SIGKILL: no drain, claims held, issue calls in flight
     assert in_flight > 0, "the kill should land while requests are in flight:\n" + first.output()
-    start_daemon(shop_dsn, sandbox, name="second", concurrency=16, lease_seconds=5.0,
-                 poll_interval=0.2)
+    start_daemon(
+        shop_dsn, sandbox, name="second", concurrency=16, lease_seconds=5.0, poll_interval=0.2
+    )
     assert wait_done(shop_dsn, 60) == (60, 0)
     assert demo.verify_invoices(shop_dsn, orders, sandbox) == []
     with psycopg.connect(shop_dsn) as conn:
         adopted = conn.execute(
             "SELECT count(*) FROM cdc_invoice.event WHERE event = 'platform.submitted' "
-            "AND detail @> '{\"parts\": [{\"adopted\": true}]}'").fetchone()
+            'AND detail @> \'{"parts": [{"adopted": true}]}\''
+        ).fetchone()
     # The killed daemon's calls reached the platform: the second one adopted, not re-issued.
     assert adopted is not None and adopted[0] > 0
 
