@@ -1,0 +1,106 @@
+"""Nuonuo answer codes and what each one means for the daemon (reference/nuonuo.md §2.2, §2.10).
+
+Every platform code is mapped here, once, to one ``cdc_invoice.errors`` class and an operator hint,
+so the transport code only has to hand over ``code``, ``describe`` and ``method``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from cdc_invoice.errors import (
+    ProviderAuthError,
+    ProviderError,
+    ProviderRejected,
+    ProviderUnavailable,
+)
+
+SUCCESS: Final = "E0000"
+
+# Query answers "no such invoice": the Provider contract says unknown invoices are simply omitted.
+NOT_FOUND: Final = frozenset({"E9500"})
+
+# ASSUMPTION: the real platform does not document the code for an expired or revoked access token;
+# our sandbox answers 070301. On one of these the adapter fetches a new token once and retries.
+TOKEN_INVALID: Final = frozenset({"070301"})
+
+# ASSUMPTION, like TOKEN_INVALID: our sandbox answers 070302 for a bad X-Nuonuo-Sign.
+SIGNATURE_INVALID: Final = frozenset({"070302"})
+
+# 0701xx / 0703xx are the documented credential/token family (§2.2); anything in it that is not
+# in HINTS is still an authentication problem, never a business rejection.
+AUTH_PREFIXES: Final = ("0701", "0703")
+
+# Codes that say "try again later" rather than "this request is wrong".
+TRANSIENT: Final = frozenset({"E9601"})
+
+_CHECK_CREDENTIALS = (
+    "check app_key/app_secret configured for this seller (a self-use app's key and secret "
+    "from the Nuonuo console)"
+)
+
+HINTS: Final[dict[str, str]] = {
+    # token / credentials
+    "070101": _CHECK_CREDENTIALS,
+    "070301": "the access token was rejected twice in a row; check that the token store is shared "
+    "and that app_key matches the token",
+    "070302": "the request signature was rejected: check app_secret, and that nothing between us "
+    "and the platform rewrites the body",
+    "070304": _CHECK_CREDENTIALS,
+    "070305": _CHECK_CREDENTIALS,
+    "070306": "the platform allows only 50 token requests per app per 30 days and they are used "
+    "up; wait for the window to pass or ask Nuonuo support, and make sure every daemon uses the "
+    "shared token store instead of fetching its own",
+    "070307": "the app must be a self-use (自用型) app to use client_credentials",
+    "070315": "the token request had a wrong Content-Type (a bug in cdc-invoice)",
+    # issue
+    "E9104": "buyer email is longer than 50 characters: fix cdc_invoice.buyer.email",
+    "E9105": "a discount line must have the same goods name as the line it discounts",
+    "E9106": "orderNo already used: query by order number (an earlier attempt may have been "
+    "accepted) instead of issuing again",
+    "E9108": "a discount is larger than the amount of the line it discounts",
+    "E9110": "a discount line must directly follow the line it discounts",
+    "E9111": "a blue invoice's discount line must have a negative amount",
+    "E9112": "a discount line must have the same tax rate as the line it discounts",
+    "E9114": "a discounted line must have a positive quantity",
+    "E9121": "the goods code (税收分类编码) was not found: fix cdc_invoice.item_tax.tax_code "
+    "(19 digits, not a summary code)",
+    "E9122": "the invoice has no lines",
+    "E9123": "a line without price must carry taxIncludedAmount, taxExcludedAmount and tax",
+    "E9130": "rounding: taxExcludedAmount + tax must equal taxIncludedAmount exactly on every line",
+    "E9131": "rounding: |taxExcludedAmount × taxRate − tax| must be ≤ 0.06 on every line; "
+    "check the item's tax rate",
+    "E9138": "the goods code (税收分类编码) could not be matched: "
+    "fix cdc_invoice.item_tax.tax_code",
+    "E9154": "the platform would split this order into more than 10 invoices: lower the "
+    "per-invoice amount or split the order",
+    "E9301": "the seller's tax number is not registered (企业资质) on the platform: register it "
+    "with Nuonuo",
+    "E9302": "seller tax number (salerTaxNum) must equal userTax: check cdc_invoice.seller."
+    "tax_number against the Nuonuo account",
+    "E9338": "the seller has no API issuing entitlement: enable API invoicing for this tax number "
+    "at Nuonuo",
+    **{
+        f"E912{n}": "an amount or tax is not a number or is longer than 20 characters "
+        "(a bug in cdc-invoice's formatting)"
+        for n in range(4, 10)
+    },
+    # query
+    "E9601": "the platform could not query the invoice right now; it will be retried",
+    "E9611": "neither serial numbers nor order numbers were given (a bug in cdc-invoice)",
+}
+
+
+def is_auth_code(code: str) -> bool:
+    return code.startswith(AUTH_PREFIXES)
+
+
+def error_for(code: str, describe: str, *, method: str) -> ProviderError:
+    """The exception for a platform answer that is not a success."""
+    message = f"{method}: {code} {describe}".rstrip()
+    hint = HINTS.get(code)
+    if code in TOKEN_INVALID or code in SIGNATURE_INVALID or is_auth_code(code):
+        return ProviderAuthError(message, code=code, hint=hint, method=method)
+    if code in TRANSIENT:
+        return ProviderUnavailable(message, code=code, hint=hint, method=method)
+    return ProviderRejected(message, code=code, hint=hint, method=method)
