@@ -1,0 +1,84 @@
+"""Operator commands: run the daemon, inspect and retry failures, configuration reference."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import click
+import psycopg
+
+from cdc_invoice import logs
+from cdc_invoice.commands.common import dsn_option
+
+
+@click.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="CDC_INVOICE_CONFIG",
+    help="TOML file; every key can also be set as CDC_INVOICE_<SECTION>__<KEY>",
+)
+@click.pass_context
+def run(ctx: click.Context, config_path: str | None) -> None:
+    """Run the daemon: issue an invoice for every captured order, until SIGTERM.
+
+    One SIGTERM (or Ctrl-C) drains in-flight work within daemon.shutdown_grace_seconds;
+    a second one exits at once (unfinished work is picked up again on restart).
+    """
+    from cdc_invoice import config as cfg
+    from cdc_invoice.daemon import runner
+
+    config = cfg.load(config_path)
+    logs.setup(ctx.obj["verbose"], ctx.obj["log_format"] or config.daemon.log_format)
+    sys.exit(asyncio.run(runner.run(config)))
+
+
+@click.command("config-reference")
+def config_reference() -> None:
+    """Print every configuration key with its default, meaning and environment variable."""
+    from cdc_invoice import config as cfg
+
+    click.echo(cfg.describe())
+
+
+@click.command()
+@dsn_option
+@click.argument("request_id", type=int, required=False)
+@click.option("--all", "all_", is_flag=True, help="every failed request")
+@click.option("--source", default=None, help="with --all: only this source")
+def retry(dsn: str, request_id: int | None, all_: bool, source: str | None) -> None:
+    """Put a failed request (or --all) back in the queue once its cause is fixed."""
+    if (request_id is None) == (not all_):
+        raise click.UsageError("give a REQUEST_ID or --all")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if all_:
+            row = conn.execute("SELECT cdc_invoice.retry_failed(%s)", (source,)).fetchone()
+            click.echo(f"{row[0] if row else 0} request(s) queued again")
+        else:
+            conn.execute("SELECT cdc_invoice.retry(%s)", (request_id,))
+            click.echo(f"request {request_id} queued again")
+
+
+@click.command()
+@dsn_option
+@click.option("--limit", default=50, show_default=True)
+def failures(dsn: str, limit: int) -> None:
+    """List failed requests with the reason and the fix."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT request_id, source, order_ref, kind, error_code, last_error, hint "
+            "FROM cdc_invoice.report_failures ORDER BY failed_at DESC LIMIT %s",
+            (limit,),
+        ).fetchall()
+    table = Table("id", "source", "order", "kind", "code", "error", "fix", show_lines=True)
+    for r in rows:
+        table.add_row(*[("" if v is None else str(v)) for v in r])
+    Console().print(table if rows else "no failed requests")
+
+
+COMMANDS = [run, config_reference, retry, failures]
