@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from cdc_invoice.daemon.backoff import retry_delay
 from cdc_invoice.daemon.drafts import (
@@ -26,6 +27,7 @@ from cdc_invoice.daemon.drafts import (
     mismatch,
     order_no,
 )
+from cdc_invoice.daemon.observe import NullObserver, Observer
 from cdc_invoice.db.repository import ClaimedRequest, DatabaseUnavailable, Fence, Repository
 from cdc_invoice.errors import (
     CdcInvoiceError,
@@ -41,6 +43,8 @@ from cdc_invoice.invoice.model import InvoiceDraft, Seller
 from cdc_invoice.providers.base import PlatformInvoice, Provider
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Platform codes that mean "that order number exists already": resolve by querying, never fail.
 ALREADY_EXISTS = {"E9106"}
@@ -103,6 +107,7 @@ class Issuer:
         *,
         result_poll_seconds: float = 0.5,
         max_backoff_seconds: float = 300.0,
+        observer: Observer | None = None,
     ) -> None:
         self.repo = repo
         self.provider = provider
@@ -110,6 +115,19 @@ class Issuer:
         self.result_poll_seconds = result_poll_seconds
         self.max_backoff_seconds = max_backoff_seconds
         self.stats = Stats()
+        self.observer: Observer = observer or NullObserver()
+
+    async def _timed(self, method: str, call: Awaitable[T]) -> T:
+        """Await a platform call, reporting its duration and outcome code."""
+        t0 = time.perf_counter()
+        code = "E0000"
+        try:
+            return await call
+        except ProviderError as exc:
+            code = exc.code or type(exc).__name__
+            raise
+        finally:
+            self.observer.platform_call(method, code, time.perf_counter() - t0)
 
     # --- a claimed request that has not reached the platform (as far as we know) -----------
 
@@ -172,8 +190,11 @@ class Issuer:
         if req.attempt > 1:
             # A previous attempt may have reached the platform (lost response, killed worker).
             for i in range(0, len(numbers), self.provider.max_query_batch):
-                for inv in await self.provider.query_by_order_nos(
-                    seller, numbers[i : i + self.provider.max_query_batch]
+                for inv in await self._timed(
+                    "query",
+                    self.provider.query_by_order_nos(
+                        seller, numbers[i : i + self.provider.max_query_batch]
+                    ),
                 ):
                     found[inv.order_no] = inv
         parts: list[dict[str, Any]] = []
@@ -211,7 +232,7 @@ class Issuer:
                 )
                 continue
             try:
-                accepted = await self.provider.issue(seller, draft, number)
+                accepted = await self._timed("issue", self.provider.issue(seller, draft, number))
             except ProviderRejected as exc:
                 if exc.code in ALREADY_EXISTS:
                     # Ours from an attempt whose answer was lost; resolve by querying next time.
@@ -265,7 +286,10 @@ class Issuer:
         serials = [p["serial"] for r in reqs for p in (r.progress or {}).get("parts", [])]
         try:
             results = {
-                inv.serial: inv for inv in await self.provider.query_by_serials(seller, serials)
+                inv.serial: inv
+                for inv in await self._timed(
+                    "query", self.provider.query_by_serials(seller, serials)
+                )
             }
         except (ProviderError, DatabaseUnavailable) as exc:
             for req in reqs:
@@ -312,6 +336,10 @@ class Issuer:
             try:
                 done = await self.repo.record_invoices(to_record)
                 self.stats.recorded += len(done)
+                now = datetime.now(UTC)
+                created = {r.id: r.created_at for r in reqs}
+                for rid in done:
+                    self.observer.recorded("issue", (now - created[rid]).total_seconds())
             except DatabaseUnavailable as exc:
                 # Leases expire and the next holder polls and records again: nothing is lost.
                 log.warning("recording %d invoices failed: %s", len(to_record), exc)
@@ -326,6 +354,7 @@ class Issuer:
         self, req: ClaimedRequest, fence: Fence, error: str, code: str | None, hint: str | None
     ) -> None:
         self.stats.failed += 1
+        self.observer.failed(req.kind, code)
         log.warning("request %s (%s %s) failed: %s", req.id, req.source, req.order_ref, error)
         try:
             await self.repo.mark_failed(
@@ -347,6 +376,7 @@ class Issuer:
         self.stats.retried += 1
         delay = retry_delay(req.retries, cap=self.max_backoff_seconds)
         code = getattr(exc, "code", None)
+        self.observer.retried(req.kind, code)
         log.info(
             "request %s (%s %s): %s; retry in %.1fs", req.id, req.source, req.order_ref, exc, delay
         )
