@@ -1,0 +1,1 @@
+-- Invoice lifecycle functions (reversal, void, delivery, refresh). Re-applied on every install.

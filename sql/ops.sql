@@ -1,0 +1,1 @@
+-- Operations functions (backfill and friends). Re-applied (CREATE OR REPLACE) on every install.
