@@ -5,6 +5,7 @@
     ├── SchemaError
     │   ├── SchemaNotInstalled      run `cdc-invoice install`
     │   └── SchemaVersionMismatch   run `cdc-invoice install` (upgrade) or update the daemon
+    ├── RequestRefused              a cdc_invoice SQL function refused (SQLSTATE CI…), with its hint
     ├── OrderError                  this order cannot be invoiced as it stands (parked as failed)
     │   ├── MappingError            customers / items missing from cdc_invoice.buyer / item_tax
     │   └── InvalidOrder            amounts, rates, codes or names that break the invoice rules
@@ -52,6 +53,16 @@ class SchemaNotInstalled(SchemaError):
 
 class SchemaVersionMismatch(SchemaError):
     """The installed cdc_invoice schema has another version than this program expects."""
+
+
+class RequestRefused(CdcInvoiceError):
+    """A cdc_invoice function refused the request."""
+
+    def __init__(
+        self, message: str | None = None, *, hint: str | None = None, sqlstate: str | None = None
+    ) -> None:
+        self.sqlstate = sqlstate
+        super().__init__(message, hint=hint)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,1 +1,278 @@
--- Invoice lifecycle functions (reversal, void, delivery, refresh). Re-applied on every install.
+-- Invoice lifecycle, asked for in SQL by finance, carried out by the daemon as requests.
+-- Re-applied (CREATE OR REPLACE) on every install. Errors: SQLSTATE class CI (see api.sql).
+--
+--   SELECT cdc_invoice.request_reversal('26330000000000000001', 'sales_return');            -- full
+--   SELECT cdc_invoice.request_reversal('2633…', 'sales_return', '[{"line_no": 1, "quantity": 2}]');
+--   SELECT cdc_invoice.request_reversal('2633…', 'sales_allowance', '[{"line_no": 3, "amount": 10.00}]');
+--   SELECT cdc_invoice.request_void('2633…', 'invoicing_error');      -- paper kinds (es/ec) only
+--   SELECT cdc_invoice.request_delivery('2633…', 'ap@example.com', NULL);
+--   SELECT cdc_invoice.request_refresh('2633…');
+
+-- '1'..'4' or a name (English or Chinese) -> the platform's reason code.
+CREATE OR REPLACE FUNCTION cdc_invoice.red_reason_code(reason text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE lower(btrim(reason))
+        WHEN '1' THEN '1' WHEN 'sales_return' THEN '1' WHEN '销货退回' THEN '1'
+        WHEN '2' THEN '2' WHEN 'invoicing_error' THEN '2' WHEN '开票有误' THEN '2'
+        WHEN '3' THEN '3' WHEN 'service_termination' THEN '3' WHEN '服务中止' THEN '3'
+        WHEN '4' THEN '4' WHEN 'sales_allowance' THEN '4' WHEN '销售折让' THEN '4'
+    END
+$$;
+
+-- The invoice a finance user names, locked against concurrent lifecycle requests.
+CREATE OR REPLACE FUNCTION cdc_invoice._invoice_for_request(p_number text, p_what text)
+RETURNS cdc_invoice.invoice
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_inv cdc_invoice.invoice;
+BEGIN
+    SELECT * INTO v_inv FROM cdc_invoice.invoice i WHERE i.invoice_number = p_number FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'invoice % not found', quote_nullable(p_number) USING ERRCODE = 'CI005',
+            HINT = 'SELECT invoice_number, order_ref FROM cdc_invoice.report_register WHERE order_ref = ''…''';
+    END IF;
+    IF v_inv.kind = 'red' AND p_what IN ('reverse', 'void') THEN
+        RAISE EXCEPTION 'invoice % is a red-letter invoice; % its blue invoice instead', p_number,
+            CASE p_what WHEN 'reverse' THEN 'reverse' ELSE 'void' END USING ERRCODE = 'CI006',
+            HINT = format('the blue invoice is %s',
+                          (SELECT o.invoice_number FROM cdc_invoice.invoice o WHERE o.id = v_inv.original_invoice_id));
+    END IF;
+    RETURN v_inv;
+END $$;
+
+CREATE OR REPLACE FUNCTION cdc_invoice._enqueue(p_inv cdc_invoice.invoice, p_kind text, p_params jsonb)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    -- seq 1 is reserved for the whole-order reversal that attach(reverse_when) requests.
+    INSERT INTO cdc_invoice.request (source, order_ref, kind, seq, invoice_id, params)
+    SELECT p_inv.source, p_inv.order_ref, p_kind,
+           greatest(max(r.seq), 1) + 1, p_inv.id, p_params
+      FROM cdc_invoice.request r
+     WHERE r.source = p_inv.source AND r.order_ref = p_inv.order_ref AND r.kind = p_kind
+    RETURNING id INTO v_id;
+    INSERT INTO cdc_invoice.event (request_id, invoice_id, source, order_ref, event, detail)
+    VALUES (v_id, p_inv.id, p_inv.source, p_inv.order_ref, p_kind || '.requested', p_params);
+    PERFORM pg_notify('cdc_invoice', '');
+    RETURN v_id;
+END $$;
+
+CREATE OR REPLACE FUNCTION cdc_invoice._refuse_if_busy(p_inv cdc_invoice.invoice, p_kinds text[])
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_busy bigint;
+BEGIN
+    SELECT r.id INTO v_busy FROM cdc_invoice.request r
+     WHERE r.invoice_id = p_inv.id AND r.kind = ANY(p_kinds)
+       AND r.state IN ('pending', 'claimed', 'submitted')
+     LIMIT 1;
+    IF v_busy IS NOT NULL THEN
+        RAISE EXCEPTION 'invoice % already has a request in progress (request %)',
+            p_inv.invoice_number, v_busy USING ERRCODE = 'CI006',
+            HINT = format('wait for it: SELECT state, last_error FROM cdc_invoice.request WHERE id = %s', v_busy);
+    END IF;
+END $$;
+
+-- request_reversal(): a red-letter invoice (红冲) for the whole invoice, or for some lines.
+--   lines: [{"line_no": 1, "quantity": 2}] or [{"line_no": 3, "amount": 10.00}] (incl. tax, positive)
+CREATE OR REPLACE FUNCTION cdc_invoice.request_reversal(invoice_number text, reason text,
+                                                       lines jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_inv    cdc_invoice.invoice;
+    v_reason text := cdc_invoice.red_reason_code(reason);
+    v_line   jsonb;
+    v_blue   cdc_invoice.invoice_line;
+    v_done   numeric;
+    v_qty    numeric;
+    v_amount numeric;
+    v_seen   int[] := '{}';
+BEGIN
+    IF v_reason IS NULL THEN
+        RAISE EXCEPTION 'unknown reversal reason %', quote_nullable(reason) USING ERRCODE = 'CI001',
+            HINT = 'use sales_return (1, 销货退回), invoicing_error (2, 开票有误), service_termination (3, 服务中止) or sales_allowance (4, 销售折让)';
+    END IF;
+    v_inv := cdc_invoice._invoice_for_request(request_reversal.invoice_number, 'reverse');
+    IF v_inv.status = 'reversed' THEN
+        RAISE EXCEPTION 'invoice % is already fully reversed', v_inv.invoice_number USING ERRCODE = 'CI006',
+            HINT = format('its red invoices: SELECT invoice_number FROM cdc_invoice.invoice WHERE original_invoice_id = %s', v_inv.id);
+    ELSIF v_inv.status = 'voided' THEN
+        RAISE EXCEPTION 'invoice % was voided; there is nothing to reverse', v_inv.invoice_number
+            USING ERRCODE = 'CI006', HINT = 'a voided invoice needs no red-letter invoice';
+    END IF;
+    PERFORM cdc_invoice._refuse_if_busy(v_inv, ARRAY['reverse', 'void']);
+
+    IF lines IS NOT NULL THEN
+        IF jsonb_typeof(lines) <> 'array' OR jsonb_array_length(lines) = 0 THEN
+            RAISE EXCEPTION 'lines must be a non-empty JSON array, got %', lines USING ERRCODE = 'CI001',
+                HINT = 'e.g. ''[{"line_no": 1, "quantity": 2}]''; omit lines for a full reversal';
+        END IF;
+        IF v_reason = '2' THEN
+            RAISE EXCEPTION 'a reversal for invoicing_error (开票有误) must be full' USING ERRCODE = 'CI001',
+                HINT = 'call request_reversal without lines';
+        END IF;
+        FOR v_line IN SELECT * FROM jsonb_array_elements(lines) LOOP
+            IF jsonb_typeof(v_line) <> 'object' OR jsonb_typeof(v_line -> 'line_no') <> 'number' THEN
+                RAISE EXCEPTION 'each line needs a numeric line_no: %', v_line USING ERRCODE = 'CI001',
+                    HINT = 'e.g. {"line_no": 1, "quantity": 2}';
+            END IF;
+            IF (v_line ? 'quantity') = (v_line ? 'amount') THEN
+                RAISE EXCEPTION 'line % must give either quantity or amount (not both, not neither)',
+                    v_line -> 'line_no' USING ERRCODE = 'CI001',
+                    HINT = 'quantity for returned goods, amount (incl. tax) for an allowance';
+            END IF;
+            IF (v_line ->> 'line_no')::int = ANY(v_seen) THEN
+                RAISE EXCEPTION 'line % is named twice', v_line -> 'line_no' USING ERRCODE = 'CI001',
+                    HINT = 'give each line once';
+            END IF;
+            v_seen := v_seen || (v_line ->> 'line_no')::int;
+            SELECT * INTO v_blue FROM cdc_invoice.invoice_line l
+             WHERE l.invoice_id = v_inv.id AND l.line_no = (v_line ->> 'line_no')::int;
+            IF NOT FOUND OR v_blue.line_property = 1 THEN
+                RAISE EXCEPTION 'invoice % has no line % to reverse', v_inv.invoice_number, v_line -> 'line_no'
+                    USING ERRCODE = 'CI001',
+                    HINT = format('its lines: SELECT line_no, item_name, quantity, amount_incl_tax FROM cdc_invoice.invoice_line WHERE invoice_id = %s AND line_property <> 1', v_inv.id);
+            END IF;
+            IF v_line ? 'quantity' THEN
+                IF v_reason = '4' THEN
+                    RAISE EXCEPTION 'a sales_allowance (销售折让) reversal is by amount, not quantity'
+                        USING ERRCODE = 'CI001', HINT = 'give {"line_no": n, "amount": …}';
+                END IF;
+                v_qty := (v_line ->> 'quantity')::numeric;
+                IF v_qty IS NULL OR v_qty <= 0 THEN
+                    RAISE EXCEPTION 'line %: quantity must be positive', v_line -> 'line_no' USING ERRCODE = 'CI001',
+                        HINT = 'the quantity returned, e.g. 2';
+                END IF;
+                SELECT coalesce(-sum(rl.quantity), 0) INTO v_done
+                  FROM cdc_invoice.invoice r JOIN cdc_invoice.invoice_line rl ON rl.invoice_id = r.id
+                 WHERE r.original_invoice_id = v_inv.id AND rl.line_no = v_blue.line_no;
+                IF v_done + v_qty > v_blue.quantity THEN
+                    RAISE EXCEPTION 'line % of invoice %: reversing % more would exceed the invoiced quantity % (% reversed already)',
+                        v_blue.line_no, v_inv.invoice_number, v_qty, v_blue.quantity, v_done
+                        USING ERRCODE = 'CI006', HINT = format('at most %s can still be reversed', v_blue.quantity - v_done);
+                END IF;
+            ELSE
+                IF v_reason = '1' THEN
+                    RAISE EXCEPTION 'a sales_return (销货退回) reversal is by quantity, not amount'
+                        USING ERRCODE = 'CI001', HINT = 'give {"line_no": n, "quantity": …}, or use sales_allowance for an amount';
+                END IF;
+                v_amount := (v_line ->> 'amount')::numeric;
+                IF v_amount IS NULL OR v_amount <= 0 OR v_amount <> round(v_amount, 2) THEN
+                    RAISE EXCEPTION 'line %: amount must be positive, in cents', v_line -> 'line_no'
+                        USING ERRCODE = 'CI001', HINT = 'the amount incl. tax, e.g. 10.00';
+                END IF;
+                SELECT coalesce(-sum(rl.amount_incl_tax), 0) INTO v_done
+                  FROM cdc_invoice.invoice r JOIN cdc_invoice.invoice_line rl ON rl.invoice_id = r.id
+                 WHERE r.original_invoice_id = v_inv.id AND rl.line_no = v_blue.line_no;
+                -- the line's amount net of its discount line, if it has one
+                SELECT v_blue.amount_incl_tax + coalesce(sum(d.amount_incl_tax), 0) INTO v_qty
+                  FROM cdc_invoice.invoice_line d
+                 WHERE d.invoice_id = v_inv.id AND d.line_no = v_blue.line_no + 1 AND d.line_property = 1
+                   AND v_blue.line_property = 2;
+                IF v_done + v_amount > v_qty THEN
+                    RAISE EXCEPTION 'line % of invoice %: reversing % more would exceed the invoiced amount % (% reversed already)',
+                        v_blue.line_no, v_inv.invoice_number, v_amount, v_qty, v_done
+                        USING ERRCODE = 'CI006', HINT = format('at most %s can still be reversed', v_qty - v_done);
+                END IF;
+            END IF;
+        END LOOP;
+    ELSIF v_inv.status = 'partially_reversed' AND v_reason = '2' THEN
+        RAISE EXCEPTION 'invoice % is partially reversed already; invoicing_error needs the whole invoice',
+            v_inv.invoice_number USING ERRCODE = 'CI006', HINT = 'reverse the remaining lines with sales_return';
+    END IF;
+    RETURN cdc_invoice._enqueue(v_inv, 'reverse',
+        jsonb_build_object('reason', v_reason, 'full', lines IS NULL, 'lines', lines,
+                           'requested_by', current_user));
+END $$;
+
+-- request_void(): void (作废) a paper invoice. Electronic 数电 invoices can never be voided.
+CREATE OR REPLACE FUNCTION cdc_invoice.request_void(invoice_number text, reason text)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_inv    cdc_invoice.invoice;
+    v_reason text := CASE lower(btrim(reason))
+        WHEN '1' THEN '1' WHEN 'sales_return' THEN '1' WHEN '2' THEN '2' WHEN 'invoicing_error' THEN '2'
+        WHEN '3' THEN '3' WHEN 'service_termination' THEN '3' WHEN '4' THEN '4' WHEN 'other' THEN '4' END;
+BEGIN
+    IF v_reason IS NULL THEN
+        RAISE EXCEPTION 'unknown void reason %', quote_nullable(reason) USING ERRCODE = 'CI001',
+            HINT = 'use sales_return (1), invoicing_error (2), service_termination (3) or other (4)';
+    END IF;
+    v_inv := cdc_invoice._invoice_for_request(request_void.invoice_number, 'void');
+    IF v_inv.invoice_line NOT IN ('es', 'ec', 'c', 's') THEN
+        RAISE EXCEPTION 'invoice % is an electronic invoice (%), which cannot be voided', v_inv.invoice_number,
+            v_inv.invoice_line USING ERRCODE = 'CI006',
+            HINT = format('reverse it instead: SELECT cdc_invoice.request_reversal(%L, %L)',
+                          v_inv.invoice_number, 'invoicing_error');
+    END IF;
+    IF v_inv.status <> 'issued' THEN
+        RAISE EXCEPTION 'invoice % is %, only an issued invoice can be voided', v_inv.invoice_number,
+            v_inv.status USING ERRCODE = 'CI006', HINT = 'a reversed invoice stays on record';
+    END IF;
+    PERFORM cdc_invoice._refuse_if_busy(v_inv, ARRAY['reverse', 'void']);
+    RETURN cdc_invoice._enqueue(v_inv, 'void',
+        jsonb_build_object('reason', v_reason, 'requested_by', current_user));
+END $$;
+
+-- request_delivery(): send the invoice again (email and/or phone).
+CREATE OR REPLACE FUNCTION cdc_invoice.request_delivery(invoice_number text, email text, phone text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_inv cdc_invoice.invoice;
+BEGIN
+    IF coalesce(btrim(email), '') = '' AND coalesce(btrim(phone), '') = '' THEN
+        RAISE EXCEPTION 'give an email or a phone number to deliver to' USING ERRCODE = 'CI001',
+            HINT = 'SELECT cdc_invoice.request_delivery(''<number>'', ''ap@example.com'', NULL)';
+    END IF;
+    IF email IS NOT NULL AND (length(email) > 50 OR email !~ '^[^@\s]+@[^@\s]+\.[^@\s]+$') THEN
+        RAISE EXCEPTION 'email % is not valid (at most 50 characters)', quote_literal(email)
+            USING ERRCODE = 'CI001', HINT = 'the platform accepts one address of up to 50 characters';
+    END IF;
+    v_inv := cdc_invoice._invoice_for_request(request_delivery.invoice_number, 'deliver');
+    RETURN cdc_invoice._enqueue(v_inv, 'deliver',
+        jsonb_build_object('email', nullif(btrim(email), ''), 'phone', nullif(btrim(phone), ''),
+                           'requested_by', current_user));
+END $$;
+
+-- request_refresh(): re-read the invoice from the platform (status, file links).
+CREATE OR REPLACE FUNCTION cdc_invoice.request_refresh(invoice_number text)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_inv cdc_invoice.invoice;
+BEGIN
+    v_inv := cdc_invoice._invoice_for_request(request_refresh.invoice_number, 'refresh');
+    RETURN cdc_invoice._enqueue(v_inv, 'refresh', jsonb_build_object('requested_by', current_user));
+END $$;
+
+-- Red-letter requests waiting for the buyer's confirmation (they expire after 72 hours).
+CREATE OR REPLACE VIEW cdc_invoice.pending_red_slips AS
+SELECT r.id AS request_id, i.invoice_number, r.source, r.order_ref,
+       r.progress ->> 'bill_id' AS bill_id, r.progress ->> 'slip_status' AS slip_status,
+       r.created_at AS requested_at, r.created_at + interval '72 hours' AS expires_at
+  FROM cdc_invoice.request r JOIN cdc_invoice.invoice i ON i.id = r.invoice_id
+ WHERE r.kind = 'reverse' AND r.state IN ('pending', 'claimed', 'submitted');
+
+-- The latest reconciliation of each day and seller: what differs between us and the platform.
+CREATE OR REPLACE VIEW cdc_invoice.report_reconciliation AS
+SELECT r.day, r.seller_id, r.finding, r.order_no, r.invoice_number, r.source, r.order_ref,
+       r.request_id, r.local_total, r.platform_total, r.detail, r.run_at
+  FROM cdc_invoice.reconciliation r
+ WHERE r.run_id = (SELECT l.run_id FROM cdc_invoice.reconciliation l
+                    WHERE l.day = r.day AND l.seller_id = r.seller_id
+                    ORDER BY l.run_at DESC LIMIT 1);
+COMMENT ON VIEW cdc_invoice.report_reconciliation IS 'Latest reconciliation per day and seller (cdc-invoice reconcile).';
+
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cdc_invoice_reader') THEN
+        GRANT SELECT ON cdc_invoice.pending_red_slips, cdc_invoice.report_reconciliation
+            TO cdc_invoice_reader;
+    END IF;
+END $$;

@@ -162,3 +162,111 @@ UPDATE cdc_invoice.provider_token
        fetch_log = array(SELECT t FROM unnest(fetch_log || now()) t
                           WHERE t > now() - interval '30 days' ORDER BY t)
  WHERE app_key = %(app_key)s;
+
+-- ---------------------------------------------------------------- lifecycle (reverse, void, …)
+
+-- name: update_progress
+-- Still waiting (e.g. a red-letter slip for the buyer's confirmation): keep what we learnt.
+UPDATE cdc_invoice.request
+   SET progress = %(progress)s, claimed_by = NULL, lease_until = NULL,
+       run_after = now() + make_interval(secs => %(poll_after)s), updated_at = now()
+ WHERE id = %(id)s AND claimed_by = %(daemon_id)s AND attempt = %(attempt)s;
+
+-- name: load_invoice
+SELECT i.id, i.source, i.order_ref, i.seller_id, i.invoice_number, i.kind, i.invoice_line,
+       i.platform_serial, i.platform_order_no, i.buyer_name, i.buyer_tax_number, i.status,
+       i.total_incl_tax
+  FROM cdc_invoice.invoice i WHERE i.id = %(id)s;
+
+-- name: load_invoice_lines
+-- The lines of one invoice, or (reds = true) of every red invoice of a blue one.
+SELECT l.line_no, l.source_line_no, l.item_ref, l.item_name, l.tax_code, l.tax_rate, l.quantity,
+       l.unit_price, l.price_includes_tax, l.amount_excl_tax, l.tax, l.amount_incl_tax,
+       l.line_property
+  FROM cdc_invoice.invoice_line l JOIN cdc_invoice.invoice i ON i.id = l.invoice_id
+ WHERE CASE WHEN %(reds)s THEN i.original_invoice_id = %(id)s ELSE i.id = %(id)s END
+ ORDER BY i.id, l.line_no;
+
+-- name: settle_blue_status
+-- After a red invoice is recorded: reversed when the reds add up to the blue, else partially.
+UPDATE cdc_invoice.invoice b
+   SET status = CASE WHEN b.total_incl_tax + coalesce(
+                         (SELECT sum(r.total_incl_tax) FROM cdc_invoice.invoice r
+                           WHERE r.original_invoice_id = b.id), 0) = 0
+                     THEN 'reversed' ELSE 'partially_reversed' END
+ WHERE b.id = %(id)s
+RETURNING b.status;
+
+-- name: set_invoice_status
+UPDATE cdc_invoice.invoice SET status = %(status)s WHERE id = %(id)s;
+
+-- name: set_delivery_status
+UPDATE cdc_invoice.invoice SET delivery_status = %(status)s WHERE id = %(id)s;
+
+-- name: refresh_invoice
+UPDATE cdc_invoice.invoice
+   SET pdf_url = coalesce(%(pdf_url)s, pdf_url), ofd_url = coalesce(%(ofd_url)s, ofd_url),
+       xml_url = coalesce(%(xml_url)s, xml_url),
+       status = CASE WHEN %(voided)s THEN 'voided' ELSE status END
+ WHERE id = %(id)s;
+
+-- name: order_blue_invoices
+-- The blue invoices of an order that a whole-order reversal (attach's reverse_when) covers.
+SELECT invoice_number FROM cdc_invoice.invoice
+ WHERE source = %(source)s AND order_ref = %(order_ref)s AND kind = 'blue'
+   AND status IN ('issued', 'partially_reversed')
+ ORDER BY part;
+
+-- name: order_issue_unfinished
+SELECT count(*) > 0 FROM cdc_invoice.request
+ WHERE source = %(source)s AND order_ref = %(order_ref)s AND kind = 'issue'
+   AND state IN ('pending', 'claimed', 'submitted');
+
+-- name: request_reversal
+SELECT cdc_invoice.request_reversal(%(invoice_number)s, %(reason)s);
+
+-- ---------------------------------------------------------------- reconciliation
+
+-- name: claim_one
+-- Reconcile drives one known request through the daemon's own code path. It takes the row
+-- only if no live daemon holds it (lease expired or never claimed); attempt >= 2 makes the
+-- handler ask the platform by order number before doing anything.
+UPDATE cdc_invoice.request r
+   SET state = CASE WHEN r.state IN ('pending', 'failed') THEN 'claimed' ELSE r.state END,
+       claimed_by = %(daemon_id)s,
+       attempt = greatest(r.attempt + 1, 2),
+       lease_until = now() + make_interval(secs => %(lease_seconds)s),
+       run_after = now() + make_interval(secs => %(lease_seconds)s),
+       platform_order_no = coalesce(r.platform_order_no,
+           'CI' || (SELECT tag FROM cdc_invoice.installation) || lpad(r.id::text, 12, '0')),
+       updated_at = now()
+ WHERE r.id = (SELECT id FROM cdc_invoice.request
+                WHERE id = %(id)s
+                  AND (state IN ('pending', 'failed') OR (state IN ('claimed', 'submitted')
+                       AND (claimed_by IS NULL OR lease_until < now())))
+                  FOR NO KEY UPDATE SKIP LOCKED)
+RETURNING r.id, r.source, r.order_ref, r.kind, r.state, r.attempt, r.retries, r.document,
+          r.params, r.invoice_id, r.platform_order_no, r.progress, r.created_at;
+
+-- name: installation_tag
+SELECT tag FROM cdc_invoice.installation;
+
+-- name: request_by_order_no
+SELECT id, source, order_ref, kind, state FROM cdc_invoice.request
+ WHERE platform_order_no = %(base)s;
+
+-- name: local_invoices_of_day
+SELECT platform_order_no, invoice_number, buyer_name, total_incl_tax, source, order_ref, request_id
+  FROM cdc_invoice.invoice
+ WHERE seller_id = %(seller_id)s AND issued_at >= %(start)s AND issued_at < %(end)s;
+
+-- name: unfinished_issues_of_day
+SELECT id, source, order_ref, state, last_error FROM cdc_invoice.request
+ WHERE kind = 'issue' AND state <> 'done' AND created_at >= %(start)s AND created_at < %(end)s
+   AND source IN (SELECT source FROM cdc_invoice.source WHERE seller_id = %(seller_id)s);
+
+-- name: insert_finding
+INSERT INTO cdc_invoice.reconciliation (run_id, day, seller_id, finding, order_no, invoice_number,
+        source, order_ref, request_id, local_total, platform_total, detail)
+VALUES (%(run_id)s, %(day)s, %(seller_id)s, %(finding)s, %(order_no)s, %(invoice_number)s,
+        %(source)s, %(order_ref)s, %(request_id)s, %(local_total)s, %(platform_total)s, %(detail)s);

@@ -27,7 +27,9 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cdc_invoice_operator') THEN
         GRANT USAGE ON SCHEMA cdc_invoice TO cdc_invoice_operator;
         GRANT cdc_invoice_reader TO cdc_invoice_operator;
-        GRANT EXECUTE ON FUNCTION cdc_invoice.retry(bigint), cdc_invoice.retry_failed(text)
+        GRANT EXECUTE ON FUNCTION cdc_invoice.retry(bigint), cdc_invoice.retry_failed(text),
+            cdc_invoice.request_reversal(text, text, jsonb), cdc_invoice.request_void(text, text),
+            cdc_invoice.request_delivery(text, text, text), cdc_invoice.request_refresh(text)
             TO cdc_invoice_operator;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cdc_invoice_daemon') THEN
@@ -38,7 +40,7 @@ BEGIN
         GRANT SELECT, INSERT, UPDATE ON cdc_invoice.request, cdc_invoice.invoice,
                         cdc_invoice.invoice_line, cdc_invoice.provider_token, cdc_invoice.daemon
             TO cdc_invoice_daemon;
-        GRANT SELECT, INSERT ON cdc_invoice.event TO cdc_invoice_daemon;
+        GRANT SELECT, INSERT ON cdc_invoice.event, cdc_invoice.reconciliation TO cdc_invoice_daemon;
     END IF;
 END $$;
 -- Everything else in the schema is reachable only through these grants.

@@ -210,4 +210,25 @@ CREATE TABLE cdc_invoice.daemon (
     stopped_at   timestamptz
 );
 
-INSERT INTO cdc_invoice.schema_version (version, description) VALUES (1, 'initial');
+-- Results of `cdc-invoice reconcile`: local records vs. the platform's, per day and seller.
+CREATE TABLE cdc_invoice.reconciliation (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id         uuid NOT NULL,
+    run_at         timestamptz NOT NULL DEFAULT now(),
+    day            date NOT NULL,
+    seller_id      text NOT NULL,
+    finding        text NOT NULL CHECK (finding IN ('ok', 'adopted', 'amount_mismatch',
+                       'buyer_mismatch', 'missing_locally', 'missing_at_platform',
+                       'not_invoiced', 'foreign')),
+    order_no       text,
+    invoice_number text,
+    source         text,
+    order_ref      text,
+    request_id     bigint,
+    local_total    numeric(18,2),
+    platform_total numeric(18,2),
+    detail         text
+);
+CREATE INDEX reconciliation_day_idx ON cdc_invoice.reconciliation (day, run_at);
+
+INSERT INTO cdc_invoice.schema_version (version, description) VALUES (1, 'initial'), (2, 'reconciliation');

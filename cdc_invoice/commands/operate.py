@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from datetime import datetime
 
 import click
 import psycopg
@@ -81,4 +82,61 @@ def failures(dsn: str, limit: int) -> None:
     Console().print(table if rows else "no failed requests")
 
 
-COMMANDS = [run, config_reference, retry, failures]
+@click.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="CDC_INVOICE_CONFIG",
+    help="the daemon's TOML file (database and platform credentials)",
+)
+@click.option(
+    "--date",
+    "day",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default=None,
+    help="the day to reconcile (Asia/Shanghai); default: today",
+)
+def reconcile(config_path: str | None, day: datetime | None) -> None:
+    """Compare a day's invoices at the platform with ours; adopt what we never recorded.
+
+    Writes every finding to cdc_invoice.reconciliation (see cdc_invoice.report_reconciliation)
+    and exits 1 if anything still differs: amounts, buyers, invoices missing on either side,
+    completed orders without an invoice.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from cdc_invoice import config as cfg
+    from cdc_invoice.daemon.reconcile import CHINA
+    from cdc_invoice.daemon.reconcile import reconcile as run_reconcile
+
+    config = cfg.load(config_path)
+    the_day = day.date() if day else datetime.now(CHINA).date()
+    summary = asyncio.run(run_reconcile(config, the_day))
+    console = Console()
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(summary.counts.items())) or "nothing"
+    console.print(f"reconciliation of {the_day}: {counts}")
+    odd = [f for f in summary.findings if f["finding"] not in ("ok", "foreign")]
+    if odd:
+        table = Table("finding", "order no", "invoice", "order", "ours", "platform", "detail")
+        for f in odd:
+            table.add_row(
+                *(
+                    str(f[k] if f[k] is not None else "")
+                    for k in (
+                        "finding",
+                        "order_no",
+                        "invoice_number",
+                        "order_ref",
+                        "local_total",
+                        "platform_total",
+                        "detail",
+                    )
+                )
+            )
+        console.print(table)
+    sys.exit(0 if summary.clean else 1)
+
+
+COMMANDS = [run, config_reference, retry, failures, reconcile]

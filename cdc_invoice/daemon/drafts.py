@@ -76,7 +76,13 @@ def order_no(base: str, part: int) -> str:
 
 
 def invoice_row(
-    *, request_id: int, seller: Seller, draft: InvoiceDraft, order_no: str, result: PlatformInvoice
+    *,
+    request_id: int,
+    seller: Seller,
+    draft: InvoiceDraft,
+    order_no: str,
+    result: PlatformInvoice,
+    original_invoice_id: int | None = None,
 ) -> dict[str, Any]:
     """The cdc_invoice.invoice row (with its lines) for an issued draft."""
     assert result.number is not None and result.issued_at is not None
@@ -89,7 +95,7 @@ def invoice_row(
         "invoice_number": result.number,
         "kind": draft.kind,
         "invoice_line": draft.invoice_line,
-        "original_invoice_id": None,
+        "original_invoice_id": original_invoice_id,
         "platform_serial": result.serial,
         "platform_order_no": order_no,
         "issued_at": result.issued_at,

@@ -12,14 +12,11 @@ Never two invoices for one order:
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
-from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from cdc_invoice.daemon.backoff import retry_delay
 from cdc_invoice.daemon.drafts import (
     draft_from_json,
     draft_to_json,
@@ -27,8 +24,8 @@ from cdc_invoice.daemon.drafts import (
     mismatch,
     order_no,
 )
-from cdc_invoice.daemon.observe import NullObserver, Observer
-from cdc_invoice.db.repository import ClaimedRequest, DatabaseUnavailable, Fence, Repository
+from cdc_invoice.daemon.handler import Handler, SellerCache
+from cdc_invoice.db.repository import ClaimedRequest, DatabaseUnavailable, Fence
 from cdc_invoice.errors import (
     CdcInvoiceError,
     InvalidOrder,
@@ -40,94 +37,19 @@ from cdc_invoice.errors import (
 )
 from cdc_invoice.invoice import compute, mapping
 from cdc_invoice.invoice.model import InvoiceDraft, Seller
-from cdc_invoice.providers.base import PlatformInvoice, Provider
+from cdc_invoice.providers.base import PlatformInvoice
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
+__all__ = ["Issuer", "SellerCache"]  # SellerCache: for callers that built on this module
+
 
 # Platform codes that mean "that order number exists already": resolve by querying, never fail.
 ALREADY_EXISTS = {"E9106"}
 
 
-class SellerCache:
-    """source -> Seller, refreshed every ``ttl`` seconds (DBAs edit the seller table rarely)."""
-
-    def __init__(self, repo: Repository, ttl: float = 30.0) -> None:
-        self.repo = repo
-        self.ttl = ttl
-        self._loaded = 0.0
-        self._by_source: dict[str, Seller] = {}
-
-    async def for_source(self, source: str) -> Seller:
-        if time.monotonic() - self._loaded > self.ttl or source not in self._by_source:
-            await self._reload()
-        try:
-            return self._by_source[source]
-        except KeyError:
-            raise InvalidOrder(
-                [
-                    Problem(
-                        f"source {source!r} is not attached or its seller is missing",
-                        fix="SELECT * FROM cdc_invoice.source; re-run cdc_invoice.attach(...)",
-                    )
-                ],
-                source=source,
-            ) from None
-
-    async def _reload(self) -> None:
-        sellers: dict[str, Seller] = {}
-        by_source: dict[str, Seller] = {}
-        for source, seller_id in (await self.repo.source_sellers()).items():
-            if seller_id not in sellers:
-                seller = await self.repo.seller(seller_id)
-                if seller is None:
-                    continue
-                sellers[seller_id] = seller
-            by_source[source] = sellers[seller_id]
-        self._by_source = by_source
-        self._loaded = time.monotonic()
-
-
-@dataclass(slots=True)
-class Stats:
-    issued: int = 0
-    adopted: int = 0
-    recorded: int = 0
-    failed: int = 0
-    retried: int = 0
-
-
-class Issuer:
-    def __init__(
-        self,
-        repo: Repository,
-        provider: Provider,
-        sellers: SellerCache,
-        *,
-        result_poll_seconds: float = 0.5,
-        max_backoff_seconds: float = 300.0,
-        observer: Observer | None = None,
-    ) -> None:
-        self.repo = repo
-        self.provider = provider
-        self.sellers = sellers
-        self.result_poll_seconds = result_poll_seconds
-        self.max_backoff_seconds = max_backoff_seconds
-        self.stats = Stats()
-        self.observer: Observer = observer or NullObserver()
-
-    async def _timed(self, method: str, call: Awaitable[T]) -> T:
-        """Await a platform call, reporting its duration and outcome code."""
-        t0 = time.perf_counter()
-        code = "E0000"
-        try:
-            return await call
-        except ProviderError as exc:
-            code = exc.code or type(exc).__name__
-            raise
-        finally:
-            self.observer.platform_call(method, code, time.perf_counter() - t0)
+class Issuer(Handler):
+    """Issue requests: compute, submit (or adopt), poll in batches, record."""
 
     # --- a claimed request that has not reached the platform (as far as we know) -----------
 
@@ -347,60 +269,6 @@ class Issuer:
             await self.repo.release_poll(still, self.result_poll_seconds)
         except DatabaseUnavailable as exc:
             log.warning("releasing %d polled requests failed: %s", len(still), exc)
-
-    # --- outcomes ----------------------------------------------------------------------------
-
-    async def _fail(
-        self, req: ClaimedRequest, fence: Fence, error: str, code: str | None, hint: str | None
-    ) -> None:
-        self.stats.failed += 1
-        self.observer.failed(req.kind, code)
-        log.warning("request %s (%s %s) failed: %s", req.id, req.source, req.order_ref, error)
-        try:
-            await self.repo.mark_failed(
-                fence,
-                error,
-                code,
-                hint,
-                event={
-                    "event": "request.failed",
-                    "source": req.source,
-                    "order_ref": req.order_ref,
-                    "detail": {"error": error, "code": code},
-                },
-            )
-        except DatabaseUnavailable as exc:
-            log.warning("could not record the failure of request %s: %s", req.id, exc)
-
-    async def _retry(self, req: ClaimedRequest, fence: Fence, exc: CdcInvoiceError) -> None:
-        self.stats.retried += 1
-        delay = retry_delay(req.retries, cap=self.max_backoff_seconds)
-        code = getattr(exc, "code", None)
-        self.observer.retried(req.kind, code)
-        log.info(
-            "request %s (%s %s): %s; retry in %.1fs", req.id, req.source, req.order_ref, exc, delay
-        )
-        try:
-            await self.repo.release_retry(
-                fence,
-                delay,
-                str(exc),
-                code,
-                exc.hint,
-                event={
-                    "event": "request.retry",
-                    "source": req.source,
-                    "order_ref": req.order_ref,
-                    "detail": {
-                        "error": str(exc),
-                        "code": code,
-                        "delay": round(delay, 2),
-                        "unknown_outcome": isinstance(exc, OutcomeUnknown),
-                    },
-                },
-            )
-        except DatabaseUnavailable as db_exc:
-            log.warning("could not release request %s: %s (its lease will expire)", req.id, db_exc)
 
 
 def _order_hint(exc: OrderError) -> str | None:

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from cdc_invoice.daemon.issuer import Issuer
+from cdc_invoice.daemon.lifecycle import KINDS as LIFECYCLE_KINDS
+from cdc_invoice.daemon.lifecycle import Lifecycle
 from cdc_invoice.db.repository import ClaimedRequest, DatabaseUnavailable, Repository
 
 log = logging.getLogger(__name__)
@@ -29,9 +31,19 @@ class Worker:
         poll_interval: float = 1.0,
         lease_seconds: float = 60.0,
         on_cycle: Callable[[], Awaitable[None]] | None = None,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
         self.repo = repo
         self.issuer = issuer
+        self.lifecycle = lifecycle or Lifecycle(
+            issuer.repo,
+            issuer.provider,
+            issuer.sellers,
+            result_poll_seconds=issuer.result_poll_seconds,
+            max_backoff_seconds=issuer.max_backoff_seconds,
+            observer=issuer.observer,
+        )
+        self.kinds = ("issue", *LIFECYCLE_KINDS)
         self.wake = wake
         self.concurrency = concurrency
         self.poll_interval = poll_interval
@@ -57,7 +69,7 @@ class Worker:
             if free > 0:
                 self.wake.clear()
                 try:
-                    claimed = await self.repo.claim(min(free, 200), self.lease_seconds)
+                    claimed = await self.repo.claim(min(free, 200), self.lease_seconds, self.kinds)
                     db_delay = 0.2
                 except DatabaseUnavailable as exc:
                     log.warning("claim failed: %s; retrying in %.1fs", exc, db_delay)
@@ -73,14 +85,20 @@ class Worker:
 
     def _dispatch(self, claimed: list[ClaimedRequest]) -> None:
         self.claimed_total += len(claimed)
-        polls = [r for r in claimed if r.state == "submitted"]
+        issue_polls = [r for r in claimed if r.state == "submitted" and r.kind == "issue"]
+        other_polls = [r for r in claimed if r.state == "submitted" and r.kind != "issue"]
         for req in claimed:
             if req.state == "submitted":
                 continue
-            self._track([req.id], self.issuer.start(req))
-        for i in range(0, len(polls), 50):
-            chunk = polls[i : i + 50]
+            if req.kind == "issue":
+                self._track([req.id], self.issuer.start(req))
+            else:
+                self._track([req.id], self.lifecycle.start(req))
+        for i in range(0, len(issue_polls), 50):  # one platform query per 50 serials
+            chunk = issue_polls[i : i + 50]
             self._track([r.id for r in chunk], self.issuer.poll(chunk))
+        if other_polls:
+            self._track([r.id for r in other_polls], self.lifecycle.poll(other_polls))
 
     def _track(self, ids: list[int], coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)

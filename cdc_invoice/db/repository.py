@@ -22,8 +22,8 @@ from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from cdc_invoice.db.queries import q
-from cdc_invoice.errors import CdcInvoiceError
-from cdc_invoice.invoice.model import Buyer, ItemTax, Seller
+from cdc_invoice.errors import CdcInvoiceError, RequestRefused
+from cdc_invoice.invoice.model import Buyer, InvoiceLine, ItemTax, LineProperty, Seller
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,15 @@ json_loads = partial(json.loads, parse_float=Decimal)
 async def configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:
     set_json_loads(json_loads, conn)
     set_json_dumps(json_dumps, conn)
+
+
+def refused(exc: psycopg.Error) -> CdcInvoiceError:
+    """A CI… error raised by our SQL functions, as a RequestRefused; anything else re-raised."""
+    if exc.sqlstate and exc.sqlstate.startswith("CI"):
+        return RequestRefused(
+            exc.diag.message_primary, hint=exc.diag.message_hint, sqlstate=exc.sqlstate
+        )
+    raise exc
 
 
 @dataclass(slots=True)
@@ -136,6 +145,27 @@ class Repository:
                 },
             )
             return [ClaimedRequest(**row) for row in await cur.fetchall()]
+
+    async def claim_one(self, request_id: int, lease_seconds: float) -> ClaimedRequest | None:
+        """Take one known request that no live daemon holds (see claim_one in queries.sql)."""
+        async with self.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                q("claim_one"),
+                {"id": request_id, "daemon_id": self.daemon_id, "lease_seconds": lease_seconds},
+            )
+            row = await cur.fetchone()
+            return ClaimedRequest(**row) if row else None
+
+    async def fetch(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Rows of a named read-only query (reports, reconciliation)."""
+        async with self.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(q(name), params)
+            return await cur.fetchall()
+
+    async def execute_many(self, name: str, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            async with self.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                await cur.executemany(q(name), rows)
 
     async def renew_leases(self, ids: Sequence[int], lease_seconds: float) -> None:
         async with self.connection() as conn:
@@ -262,27 +292,8 @@ class Repository:
                                 "request %s: lease lost before recording; skipped", fence.id
                             )
                             continue
-                        for original in invoices:
-                            inv = dict(original)  # the caller may retry the batch
-                            lines = inv.pop("lines")
-                            event_detail = inv.pop("event_detail", {})
-                            row = await (await conn.execute(q("insert_invoice"), inv)).fetchone()
-                            assert row is not None
-                            invoice_id = row[0]
-                            async with conn.cursor() as cur2:
-                                await cur2.executemany(
-                                    q("insert_invoice_line"),
-                                    [{**line, "invoice_id": invoice_id} for line in lines],
-                                )
-                            await self._event(
-                                conn,
-                                request_id=fence.id,
-                                invoice_id=invoice_id,
-                                source=inv["source"],
-                                order_ref=inv["order_ref"],
-                                event="invoice.recorded",
-                                detail={"invoice_number": inv["invoice_number"], **event_detail},
-                            )
+                        for inv in invoices:
+                            await self._insert_invoice(conn, fence, inv)
                         done.append(fence.id)
                 except psycopg.errors.UniqueViolation as exc:
                     log.warning(
@@ -291,6 +302,148 @@ class Repository:
                         exc.diag.constraint_name,
                     )
         return done
+
+    async def _insert_invoice(
+        self, conn: psycopg.AsyncConnection[Any], fence: Fence, original: dict[str, Any]
+    ) -> int:
+        inv = dict(original)  # the caller may retry the batch
+        lines = inv.pop("lines")
+        event_detail = inv.pop("event_detail", {})
+        row = await (await conn.execute(q("insert_invoice"), inv)).fetchone()
+        assert row is not None
+        invoice_id = int(row[0])
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                q("insert_invoice_line"), [{**line, "invoice_id": invoice_id} for line in lines]
+            )
+        await self._event(
+            conn,
+            request_id=fence.id,
+            invoice_id=invoice_id,
+            source=inv["source"],
+            order_ref=inv["order_ref"],
+            event="invoice.recorded",
+            detail={"invoice_number": inv["invoice_number"], "kind": inv["kind"], **event_detail},
+        )
+        return invoice_id
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def update_progress(
+        self, fence: Fence, progress: dict[str, Any], poll_after: float
+    ) -> bool:
+        async with self.connection() as conn:
+            cur = await conn.execute(
+                q("update_progress"),
+                {
+                    "id": fence.id,
+                    "attempt": fence.attempt,
+                    "daemon_id": self.daemon_id,
+                    "progress": Jsonb(progress),
+                    "poll_after": poll_after,
+                },
+            )
+            return cur.rowcount == 1
+
+    async def invoice(self, invoice_id: int) -> dict[str, Any] | None:
+        async with self.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(q("load_invoice"), {"id": invoice_id})
+            return await cur.fetchone()
+
+    async def invoice_lines(self, invoice_id: int, *, reds: bool = False) -> list[InvoiceLine]:
+        """The lines of an invoice, or with reds=True those of all its red invoices."""
+        async with self.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(q("load_invoice_lines"), {"id": invoice_id, "reds": reds})
+            return [
+                InvoiceLine(
+                    line_no=r["line_no"],
+                    source_line_no=r["source_line_no"],
+                    item_ref=r["item_ref"],
+                    name=r["item_name"],
+                    tax_code=r["tax_code"] or "",
+                    tax_rate=r["tax_rate"],
+                    quantity=r["quantity"],
+                    unit_price=r["unit_price"],
+                    price_includes_tax=r["price_includes_tax"],
+                    amount_excl_tax=r["amount_excl_tax"],
+                    tax=r["tax"],
+                    amount_incl_tax=r["amount_incl_tax"],
+                    property=LineProperty(r["line_property"]),
+                )
+                for r in await cur.fetchall()
+            ]
+
+    async def record_red(self, fence: Fence, red: dict[str, Any], blue_id: int) -> str | None:
+        """Record a red invoice, settle its blue's status, finish the request: one transaction.
+
+        Returns the blue's new status, or None when the request was no longer ours."""
+        async with self.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                q("mark_done"),
+                {"id": fence.id, "attempt": fence.attempt, "daemon_id": self.daemon_id},
+            )
+            if cur.rowcount != 1:
+                return None
+            await self._insert_invoice(conn, fence, red)
+            row = await (await conn.execute(q("settle_blue_status"), {"id": blue_id})).fetchone()
+            return str(row[0]) if row else None
+
+    async def finish(
+        self,
+        fence: Fence,
+        updates: Sequence[tuple[str, dict[str, Any]]],
+        event: dict[str, Any],
+    ) -> bool:
+        """Mark a request done with some named updates and an event, in one transaction."""
+        async with self.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                q("mark_done"),
+                {"id": fence.id, "attempt": fence.attempt, "daemon_id": self.daemon_id},
+            )
+            if cur.rowcount != 1:
+                return False
+            for name, params in updates:
+                await conn.execute(q(name), params)
+            await self._event(conn, request_id=fence.id, **event)
+            return True
+
+    async def expand_order_reversal(
+        self, fence: Fence, source: str, order_ref: str, reason: str
+    ) -> list[str] | None:
+        """A whole-order reversal (attach's reverse_when) becomes one request per blue invoice.
+
+        None while the order's issue request is unfinished (try again later)."""
+        async with self.connection() as conn, conn.transaction():
+            keys = {"source": source, "order_ref": order_ref}
+            busy = await (await conn.execute(q("order_issue_unfinished"), keys)).fetchone()
+            if busy and busy[0]:
+                return None
+            numbers = [
+                str(r[0])
+                for r in await (await conn.execute(q("order_blue_invoices"), keys)).fetchall()
+            ]
+            cur = await conn.execute(
+                q("mark_done"),
+                {"id": fence.id, "attempt": fence.attempt, "daemon_id": self.daemon_id},
+            )
+            if cur.rowcount != 1:
+                return []
+            for number in numbers:
+                try:
+                    await conn.execute(
+                        q("request_reversal"), {"invoice_number": number, "reason": reason}
+                    )
+                except psycopg.Error as exc:
+                    raise refused(exc) from exc
+            await self._event(
+                conn,
+                request_id=fence.id,
+                source=source,
+                order_ref=order_ref,
+                event="reverse.expanded",
+                detail={"invoices": numbers},
+            )
+            return numbers
 
     async def _event(
         self,

@@ -101,15 +101,14 @@ def catalogue(
     conn: psycopg.Connection[tuple[object, ...]], schema: str
 ) -> dict[tuple[str, str], str]:
     """{(kind, name): definition} of every object in ``schema``, schema name replaced by '@'."""
+
+    def neutral(text: object) -> str:
+        # Literals may name the schema too (e.g. 'cdc_invoice.retry(…)' in a view).
+        return str(text).replace(schema + ".", "@.").replace("cdc_invoice.", "@.")
+
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(q("catalogue", "admin.sql"), {"schema": schema})
-        return {
-            # Literals may name the schema too (e.g. 'cdc_invoice.retry(…)' in a view).
-            (r["kind"], r["name"]): str(r["definition"])
-            .replace(schema + ".", "@.")
-            .replace("cdc_invoice.", "@.")
-            for r in cur.fetchall()
-        }
+        return {(r["kind"], neutral(r["name"])): neutral(r["definition"]) for r in cur.fetchall()}
 
 
 def diff_catalogues(

@@ -12,7 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal, Protocol
 
-from cdc_invoice.invoice.model import InvoiceDraft, Seller
+from cdc_invoice.invoice.model import InvoiceDraft, InvoiceLine, Seller
 
 # Normalised platform invoice states (Nuonuo codes in brackets):
 #   issuing [20, 21]  issued [2]  failed [22, 24]  voiding [31]  voided [3]
@@ -63,6 +63,39 @@ class PlatformInvoice:
     lines: tuple[PlatformLine, ...] = field(default_factory=tuple)
 
 
+@dataclass(frozen=True, slots=True)
+class InvoiceRef:
+    """An issued invoice as the lifecycle calls name it."""
+
+    serial: str
+    order_no: str
+    number: str  # 20-digit 数电 number (or 8-digit paper number)
+    invoice_line: str  # pc, bs, es, ec, …
+    buyer_name: str
+    buyer_tax_number: str | None = None
+    paper_code: str | None = None  # 发票代码 of a paper invoice, when it has one
+    paper_number: str | None = None
+
+
+# Red-letter confirmation slip (红字确认单) states, normalised (Nuonuo billStatus in brackets):
+#   applying [15]  ready [01 no confirmation needed, 04 confirmed by both]
+#   awaiting_buyer [02, 03]  cancelled [05, 06, 07 expired after 72 h, 08, 09]  failed [16]
+SlipStatus = Literal["applying", "ready", "awaiting_buyer", "cancelled", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class RedSlip:
+    bill_id: str  # ours: the idempotency key of the red-letter request
+    status: SlipStatus
+    status_code: str
+    bill_no: str | None = None
+    bill_uuid: str | None = None
+    red_issued: bool = False  # openStatus 1: the red invoice exists
+    red_serial: str | None = None
+    red_order_no: str | None = None
+    message: str | None = None
+
+
 class Provider(Protocol):
     """An e-invoice platform. Every method is safe to call concurrently."""
 
@@ -82,6 +115,50 @@ class Provider(Protocol):
         self, seller: Seller, order_nos: Sequence[str]
     ) -> list[PlatformInvoice]:
         """Status by our order numbers (to resolve an unknown outcome); unknown ones omitted."""
+        ...
+
+    async def request_red_slip(
+        self,
+        seller: Seller,
+        blue: InvoiceRef,
+        red_lines: Sequence[InvoiceLine] | None,
+        reason: str,
+        bill_id: str,
+        red_order_no: str,
+    ) -> str:
+        """Apply for a red-letter confirmation slip (saveInvoiceRedConfirm); returns bill_id.
+
+        ``red_lines`` None = full reversal; otherwise the red lines (negative amounts, line_no =
+        the blue line index). ``reason`` is '1'..'4'. For electronic kinds (pc/bs) the platform
+        issues the red invoice itself under ``red_order_no`` once the slip is ready.
+        """
+        ...
+
+    async def query_red_slip(self, seller: Seller, bill_id: str) -> RedSlip | None:
+        """The slip by our bill_id (queryInvoiceRedConfirm); None if the platform has none."""
+        ...
+
+    async def issue_red_from_slip(
+        self, seller: Seller, blue: InvoiceRef, slip: RedSlip, red_order_no: str
+    ) -> IssueAccepted:
+        """Issue the red invoice of a ready slip (fastInvoiceRed): paper kinds es/ec, or to
+        fetch an auto-issued electronic red invoice."""
+        ...
+
+    async def void(self, seller: Seller, invoice: InvoiceRef, reason: str) -> None:
+        """Ask to void (作废) a paper invoice (invoiceCancellation); poll the result by serial."""
+        ...
+
+    async def deliver(
+        self, seller: Seller, invoice: InvoiceRef, email: str | None, phone: str | None
+    ) -> None:
+        """Send the invoice again to an email and/or phone (deliveryInvoice)."""
+        ...
+
+    async def list_invoices(
+        self, seller: Seller, start: datetime, end: datetime
+    ) -> list[PlatformInvoice]:
+        """Every invoice issued between start and end (queryInvoiceList, all pages)."""
         ...
 
     async def aclose(self) -> None:

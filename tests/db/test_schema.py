@@ -21,7 +21,9 @@ def test_install_twice_is_a_no_op(fresh_dsn: str) -> None:
     assert (second.before, second.applied) == (second.after, [])
     with psycopg.connect(fresh_dsn) as conn:
         assert schema.catalogue(conn, "cdc_invoice") == before
-        assert conn.execute("SELECT count(*) FROM cdc_invoice.schema_version").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM cdc_invoice.schema_version").fetchone() == (
+            schema.latest_version(),
+        )
 
 
 def test_schema_sql_and_migrations_give_the_same_catalogue(
@@ -39,17 +41,21 @@ def test_schema_sql_and_migrations_give_the_same_catalogue(
     assert schema.diff_catalogues(via_migrations, via_schema) == []
 
 
-def test_upgrade_applies_only_newer_migrations(installed_dsn: str) -> None:
-    """An install recorded at an older version gets the later migrations, once."""
-    with psycopg.connect(installed_dsn, autocommit=True) as conn:
-        conn.execute("UPDATE cdc_invoice.schema_version SET version = 0")
-    if schema.latest_version() == 1:
-        # Only the initial migration exists: re-applying it on top must fail loudly (tables
-        # exist), which proves migrations are applied when the version says so.
-        with pytest.raises(psycopg.errors.DuplicateTable):
-            schema.install(installed_dsn)
-    else:  # pragma: no cover - once 0002 exists
-        assert schema.install(installed_dsn).before == 0
+def test_upgrade_from_version_1_with_data(fresh_dsn: str, installed_dsn: str) -> None:
+    """A version-1 install with data gets only the later migrations, keeps its rows, and ends
+    with the same catalogue as a fresh install."""
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        conn.execute(sql_file("migrations/0001_initial.sql"))
+        conn.execute("INSERT INTO cdc_invoice.request (source, order_ref, kind) VALUES ('s', '1', 'issue')")
+    result = schema.install(fresh_dsn)
+    assert (result.before, result.after) == (1, schema.latest_version())
+    assert result.applied == [name for v, name in migrations() if v > 1]
+    with psycopg.connect(fresh_dsn) as conn:
+        assert conn.execute("SELECT order_ref FROM cdc_invoice.request").fetchall() == [("1",)]
+        upgraded = schema.catalogue(conn, "cdc_invoice")
+    with psycopg.connect(installed_dsn) as conn:
+        fresh = schema.catalogue(conn, "cdc_invoice")
+    assert schema.diff_catalogues(upgraded, fresh) == []
 
 
 def test_newer_schema_is_refused(installed_dsn: str) -> None:

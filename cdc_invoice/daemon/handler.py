@@ -1,0 +1,158 @@
+"""What every request handler shares: the platform, the sellers, and the three outcomes.
+
+A claimed request ends in exactly one of: done (recorded), failed (parked with the reason and
+the fix), or put back with a backoff (retryable). All three are fenced by (claimed_by, attempt).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from cdc_invoice.daemon.backoff import retry_delay
+from cdc_invoice.daemon.observe import NullObserver, Observer
+from cdc_invoice.db.repository import ClaimedRequest, DatabaseUnavailable, Fence, Repository
+from cdc_invoice.errors import CdcInvoiceError, InvalidOrder, OutcomeUnknown, Problem, ProviderError
+from cdc_invoice.invoice.model import Seller
+from cdc_invoice.providers.base import Provider
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class SellerCache:
+    """source -> Seller, refreshed every ``ttl`` seconds (DBAs edit the seller table rarely)."""
+
+    def __init__(self, repo: Repository, ttl: float = 30.0) -> None:
+        self.repo = repo
+        self.ttl = ttl
+        self._loaded = 0.0
+        self._by_source: dict[str, Seller] = {}
+
+    async def for_source(self, source: str) -> Seller:
+        if time.monotonic() - self._loaded > self.ttl or source not in self._by_source:
+            await self._reload()
+        try:
+            return self._by_source[source]
+        except KeyError:
+            raise InvalidOrder(
+                [
+                    Problem(
+                        f"source {source!r} is not attached or its seller is missing",
+                        fix="SELECT * FROM cdc_invoice.source; re-run cdc_invoice.attach(...)",
+                    )
+                ],
+                source=source,
+            ) from None
+
+    async def _reload(self) -> None:
+        sellers: dict[str, Seller] = {}
+        by_source: dict[str, Seller] = {}
+        for source, seller_id in (await self.repo.source_sellers()).items():
+            if seller_id not in sellers:
+                seller = await self.repo.seller(seller_id)
+                if seller is None:
+                    continue
+                sellers[seller_id] = seller
+            by_source[source] = sellers[seller_id]
+        self._by_source = by_source
+        self._loaded = time.monotonic()
+
+
+@dataclass(slots=True)
+class Stats:
+    issued: int = 0
+    adopted: int = 0
+    recorded: int = 0
+    failed: int = 0
+    retried: int = 0
+
+
+class Handler:
+    def __init__(
+        self,
+        repo: Repository,
+        provider: Provider,
+        sellers: SellerCache,
+        *,
+        result_poll_seconds: float = 0.5,
+        max_backoff_seconds: float = 300.0,
+        observer: Observer | None = None,
+    ) -> None:
+        self.repo = repo
+        self.provider = provider
+        self.sellers = sellers
+        self.result_poll_seconds = result_poll_seconds
+        self.max_backoff_seconds = max_backoff_seconds
+        self.stats = Stats()
+        self.observer: Observer = observer or NullObserver()
+
+    async def _timed(self, method: str, call: Awaitable[T]) -> T:
+        """Await a platform call, reporting its duration and outcome code."""
+        t0 = time.perf_counter()
+        code = "E0000"
+        try:
+            return await call
+        except ProviderError as exc:
+            code = exc.code or type(exc).__name__
+            raise
+        finally:
+            self.observer.platform_call(method, code, time.perf_counter() - t0)
+
+    # --- outcomes ----------------------------------------------------------------------------
+
+    async def _fail(
+        self, req: ClaimedRequest, fence: Fence, error: str, code: str | None, hint: str | None
+    ) -> None:
+        self.stats.failed += 1
+        self.observer.failed(req.kind, code)
+        log.warning("request %s (%s %s) failed: %s", req.id, req.source, req.order_ref, error)
+        try:
+            await self.repo.mark_failed(
+                fence,
+                error,
+                code,
+                hint,
+                event={
+                    "event": "request.failed",
+                    "source": req.source,
+                    "order_ref": req.order_ref,
+                    "detail": {"error": error, "code": code},
+                },
+            )
+        except DatabaseUnavailable as exc:
+            log.warning("could not record the failure of request %s: %s", req.id, exc)
+
+    async def _retry(self, req: ClaimedRequest, fence: Fence, exc: CdcInvoiceError) -> None:
+        self.stats.retried += 1
+        delay = retry_delay(req.retries, cap=self.max_backoff_seconds)
+        code = getattr(exc, "code", None)
+        self.observer.retried(req.kind, code)
+        log.info(
+            "request %s (%s %s): %s; retry in %.1fs", req.id, req.source, req.order_ref, exc, delay
+        )
+        try:
+            await self.repo.release_retry(
+                fence,
+                delay,
+                str(exc),
+                code,
+                exc.hint,
+                event={
+                    "event": "request.retry",
+                    "source": req.source,
+                    "order_ref": req.order_ref,
+                    "detail": {
+                        "error": str(exc),
+                        "code": code,
+                        "delay": round(delay, 2),
+                        "unknown_outcome": isinstance(exc, OutcomeUnknown),
+                    },
+                },
+            )
+        except DatabaseUnavailable as db_exc:
+            log.warning("could not release request %s: %s (its lease will expire)", req.id, db_exc)

@@ -1,0 +1,150 @@
+"""Invoice lifecycle through real processes: reversal (full, partial, limits), void, delivery."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from cdc_invoice import demo, harness
+
+StartDaemon = Callable[..., harness.Proc]
+
+
+def wait_requests(dsn: str, kind: str, n: int, timeout: float = 60.0) -> list[tuple[str, str | None]]:
+    """Wait until ``n`` requests of ``kind`` are finished; return their (state, last_error)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while True:
+            rows = conn.execute(
+                "SELECT state, last_error FROM cdc_invoice.request WHERE kind = %s "
+                "AND state IN ('done', 'failed', 'cancelled') ORDER BY id", (kind,)).fetchall()
+            if len(rows) >= n or time.monotonic() > deadline:
+                return [(str(r[0]), r[1]) for r in rows]
+            time.sleep(0.2)
+
+
+def ship(dsn: str, customer: str, lines: list[tuple[str, str, str]]) -> str:
+    """Ship one order with lines (sku, quantity, unit price); wait for its invoice number."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("INSERT INTO shop.orders (customer_id) VALUES (%s) RETURNING order_id",
+                           (customer,)).fetchone()
+        assert row is not None
+        oid = row[0]
+        for n, (sku, qty, price) in enumerate(lines, start=1):
+            conn.execute("INSERT INTO shop.order_lines VALUES (%s, %s, %s, %s, %s, 0)",
+                         (oid, n, sku, qty, price))
+        conn.execute("UPDATE shop.orders SET status = 'shipped' WHERE order_id = %s", (oid,))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            inv = conn.execute("SELECT invoice_number FROM cdc_invoice.invoice WHERE order_ref = %s",
+                               (str(oid),)).fetchone()
+            if inv:
+                return str(inv[0])
+            time.sleep(0.1)
+    raise AssertionError(f"order {oid} was not invoiced")
+
+
+def sql_error(dsn: str, query: str, *args: object) -> psycopg.Error:
+    with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(psycopg.Error) as exc:
+        conn.execute(query, args)
+    return exc.value
+
+
+def invoice(dsn: str, number: str) -> dict[str, object]:
+    with psycopg.connect(dsn) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        row = cur.execute("SELECT * FROM cdc_invoice.invoice WHERE invoice_number = %s", (number,)).fetchone()
+        assert row is not None
+        return row
+
+
+def reds_of(dsn: str, number: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT r.invoice_number, r.total_incl_tax, r.kind, r.status FROM cdc_invoice.invoice r "
+            "JOIN cdc_invoice.invoice b ON b.id = r.original_invoice_id WHERE b.invoice_number = %s "
+            "ORDER BY r.id", (number,)).fetchall()
+
+
+@pytest.fixture
+def running(shop_dsn: str, sandbox: harness.Sandbox, start_daemon: StartDaemon) -> str:
+    start_daemon(shop_dsn, sandbox, result_poll_seconds=0.1)
+    return shop_dsn
+
+
+def test_full_reversal(running: str, sandbox: harness.Sandbox) -> None:
+    number = ship(running, "C001", [("P-LAPTOP", "2", "3099.00"), ("P-MOUSE", "1", "79.90")])
+    with psycopg.connect(running, autocommit=True) as conn:
+        conn.execute("SELECT cdc_invoice.request_reversal(%s, 'sales_return')", (number,))
+    assert wait_requests(running, "reverse", 1) == [("done", None)]
+    [(red_number, red_total, kind, _)] = reds_of(running, number)
+    assert kind == "red" and red_total == Decimal("-6277.90")
+    assert invoice(running, number)["status"] == "reversed"
+    at_platform = {i["number"]: i for i in sandbox.invoices() if i.get("number")}
+    assert red_number in at_platform and at_platform[red_number]["kind"] == "red"
+    err = sql_error(running, "SELECT cdc_invoice.request_reversal(%s, 'sales_return')", number)
+    assert "already fully reversed" in str(err)
+
+
+def test_two_partial_reversals_then_one_too_many(running: str) -> None:
+    number = ship(running, "C002", [("P-PAPER", "3", "125.50"), ("P-TEA", "2", "268.00")])
+    with psycopg.connect(running, autocommit=True) as conn:
+        conn.execute("""SELECT cdc_invoice.request_reversal(%s, 'sales_return', '[{"line_no": 1, "quantity": 1}]')""", (number,))
+    assert wait_requests(running, "reverse", 1) == [("done", None)]
+    assert invoice(running, number)["status"] == "partially_reversed"
+    with psycopg.connect(running, autocommit=True) as conn:
+        conn.execute("""SELECT cdc_invoice.request_reversal(%s, 'sales_return', '[{"line_no": 1, "quantity": 1}]')""", (number,))
+    assert wait_requests(running, "reverse", 2) == [("done", None), ("done", None)]
+    assert [r[1] for r in reds_of(running, number)] == [Decimal("-125.50"), Decimal("-125.50")]
+    err = sql_error(running, """SELECT cdc_invoice.request_reversal(%s, 'sales_return', '[{"line_no": 1, "quantity": 2}]')""", number)
+    assert "would exceed the invoiced quantity 3" in str(err)
+    assert err.diag.message_hint == "at most 1.00000000 can still be reversed"
+    # An allowance by amount on the other line still fits.
+    with psycopg.connect(running, autocommit=True) as conn:
+        conn.execute("""SELECT cdc_invoice.request_reversal(%s, 'sales_allowance', '[{"line_no": 2, "amount": 36.00}]')""", (number,))
+    assert [s for s, _ in wait_requests(running, "reverse", 3)] == ["done"] * 3
+    assert reds_of(running, number)[-1][1] == Decimal("-36.00")
+
+
+def test_void_electronic_is_refused_with_the_fix(running: str) -> None:
+    number = ship(running, "C001", [("P-MOUSE", "1", "79.90")])
+    err = sql_error(running, "SELECT cdc_invoice.request_void(%s, 'invoicing_error')", number)
+    assert "cannot be voided" in str(err)
+    assert err.diag.message_hint and "request_reversal" in err.diag.message_hint
+
+
+def test_void_paper_invoice(running: str) -> None:
+    with psycopg.connect(running, autocommit=True) as conn:
+        conn.execute("UPDATE cdc_invoice.buyer SET invoice_type = 'ec' WHERE customer_ref = 'C004'")
+    number = ship(running, "C004", [("P-TEA", "1", "268.00")])
+    assert invoice(running, number)["invoice_line"] == "ec"
+    with psycopg.connect(running, autocommit=True) as conn:
+        conn.execute("SELECT cdc_invoice.request_void(%s, 'invoicing_error')", (number,))
+    assert wait_requests(running, "void", 1) == [("done", None)]
+    assert invoice(running, number)["status"] == "voided"
+
+
+def test_redelivery(running: str) -> None:
+    number = ship(running, "C003", [("P-TEA", "1", "268.00")])
+    with psycopg.connect(running, autocommit=True) as conn:
+        conn.execute("SELECT cdc_invoice.request_delivery(%s, 'new@example.com', NULL)", (number,))
+    assert wait_requests(running, "deliver", 1) == [("done", None)]
+    assert invoice(running, number)["delivery_status"] == "sent"
+    err = sql_error(running, "SELECT cdc_invoice.request_delivery(%s, NULL, NULL)", number)
+    assert "give an email or a phone" in str(err)
+
+
+def test_returned_order_is_reversed_by_the_trigger(running: str) -> None:
+    number = ship(running, "C002", [("P-LAPTOP", "1", "3099.00")])
+    with psycopg.connect(running, autocommit=True) as conn:
+        conn.execute("UPDATE shop.orders SET status = 'returned' WHERE order_id = "
+                     "(SELECT order_ref::bigint FROM cdc_invoice.invoice WHERE invoice_number = %s)",
+                     (number,))
+    deadline = time.monotonic() + 30
+    while invoice(running, number)["status"] != "reversed" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert invoice(running, number)["status"] == "reversed"
+    assert [r[1] for r in reds_of(running, number)] == [Decimal("-3099.00")]
