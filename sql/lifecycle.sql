@@ -1,5 +1,8 @@
 -- Invoice lifecycle, asked for in SQL by finance, carried out by the daemon as requests.
 -- Re-applied (CREATE OR REPLACE) on every install. Errors: SQLSTATE class CI (see api.sql).
+-- The request_* functions run with the owner's rights (SECURITY DEFINER, pinned search_path)
+-- so that cdc_invoice_operator needs EXECUTE on them and nothing else; the request records
+-- who asked (current_user inside a definer function is the owner, so session_user is kept).
 --
 --   SELECT cdc_invoice.request_reversal('26330000000000000001', 'sales_return');            -- full
 --   SELECT cdc_invoice.request_reversal('2633…', 'sales_return', '[{"line_no": 1, "quantity": 2}]');
@@ -47,14 +50,14 @@ DECLARE
     v_id bigint;
 BEGIN
     -- seq 1 is reserved for the whole-order reversal that attach(reverse_when) requests.
-    INSERT INTO cdc_invoice.request (source, order_ref, kind, seq, invoice_id, params)
+    INSERT INTO cdc_invoice.request (source, order_ref, kind, seq, invoice_id, params, actor)
     SELECT p_inv.source, p_inv.order_ref, p_kind,
-           greatest(max(r.seq), 1) + 1, p_inv.id, p_params
+           greatest(max(r.seq), 1) + 1, p_inv.id, p_params, session_user
       FROM cdc_invoice.request r
      WHERE r.source = p_inv.source AND r.order_ref = p_inv.order_ref AND r.kind = p_kind
     RETURNING id INTO v_id;
-    INSERT INTO cdc_invoice.event (request_id, invoice_id, source, order_ref, event, detail)
-    VALUES (v_id, p_inv.id, p_inv.source, p_inv.order_ref, p_kind || '.requested', p_params);
+    INSERT INTO cdc_invoice.event (actor, request_id, invoice_id, source, order_ref, event, detail)
+    VALUES (session_user, v_id, p_inv.id, p_inv.source, p_inv.order_ref, p_kind || '.requested', p_params);
     PERFORM pg_notify('cdc_invoice', '');
     RETURN v_id;
 END $$;
@@ -81,7 +84,7 @@ END $$;
 CREATE OR REPLACE FUNCTION cdc_invoice.request_reversal(invoice_number text, reason text,
                                                        lines jsonb DEFAULT NULL)
 RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_inv    cdc_invoice.invoice;
     v_reason text := cdc_invoice.red_reason_code(reason);
@@ -186,13 +189,13 @@ BEGIN
     END IF;
     RETURN cdc_invoice._enqueue(v_inv, 'reverse',
         jsonb_build_object('reason', v_reason, 'full', lines IS NULL, 'lines', lines,
-                           'requested_by', current_user));
+                           'requested_by', session_user));
 END $$;
 
 -- request_void(): void (作废) a paper invoice. Electronic 数电 invoices can never be voided.
 CREATE OR REPLACE FUNCTION cdc_invoice.request_void(invoice_number text, reason text)
 RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_inv    cdc_invoice.invoice;
     v_reason text := CASE lower(btrim(reason))
@@ -216,13 +219,13 @@ BEGIN
     END IF;
     PERFORM cdc_invoice._refuse_if_busy(v_inv, ARRAY['reverse', 'void']);
     RETURN cdc_invoice._enqueue(v_inv, 'void',
-        jsonb_build_object('reason', v_reason, 'requested_by', current_user));
+        jsonb_build_object('reason', v_reason, 'requested_by', session_user));
 END $$;
 
 -- request_delivery(): send the invoice again (email and/or phone).
 CREATE OR REPLACE FUNCTION cdc_invoice.request_delivery(invoice_number text, email text, phone text DEFAULT NULL)
 RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_inv cdc_invoice.invoice;
 BEGIN
@@ -237,18 +240,18 @@ BEGIN
     v_inv := cdc_invoice._invoice_for_request(request_delivery.invoice_number, 'deliver');
     RETURN cdc_invoice._enqueue(v_inv, 'deliver',
         jsonb_build_object('email', nullif(btrim(email), ''), 'phone', nullif(btrim(phone), ''),
-                           'requested_by', current_user));
+                           'requested_by', session_user));
 END $$;
 
 -- request_refresh(): re-read the invoice from the platform (status, file links).
 CREATE OR REPLACE FUNCTION cdc_invoice.request_refresh(invoice_number text)
 RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_inv cdc_invoice.invoice;
 BEGIN
     v_inv := cdc_invoice._invoice_for_request(request_refresh.invoice_number, 'refresh');
-    RETURN cdc_invoice._enqueue(v_inv, 'refresh', jsonb_build_object('requested_by', current_user));
+    RETURN cdc_invoice._enqueue(v_inv, 'refresh', jsonb_build_object('requested_by', session_user));
 END $$;
 
 -- Red-letter requests waiting for the buyer's confirmation (they expire after 72 hours).

@@ -41,7 +41,13 @@ BEGIN
                         cdc_invoice.invoice_line, cdc_invoice.provider_token, cdc_invoice.daemon
             TO cdc_invoice_daemon;
         GRANT SELECT, INSERT ON cdc_invoice.event, cdc_invoice.reconciliation TO cdc_invoice_daemon;
+        -- a whole-order reversal (attach's reverse_when) becomes one request per invoice
+        GRANT EXECUTE ON FUNCTION cdc_invoice.request_reversal(text, text, jsonb) TO cdc_invoice_daemon;
     END IF;
 END $$;
--- Everything else in the schema is reachable only through these grants.
+-- Everything else in the schema is reachable only through these grants: no PUBLIC access to
+-- the schema, and no PUBLIC EXECUTE on its functions (PostgreSQL's default), including the
+-- capture functions attach() creates later (firing a trigger needs no EXECUTE right).
 REVOKE ALL ON SCHEMA cdc_invoice FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA cdc_invoice FROM PUBLIC;
+ALTER DEFAULT PRIVILEGES IN SCHEMA cdc_invoice REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
