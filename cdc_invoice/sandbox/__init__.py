@@ -1,0 +1,18 @@
+"""A local e-invoice platform that speaks the Nuonuo protocol, strictly (``cdc-invoice sandbox``).
+
+Programmatic use (in-process tests)::
+
+    running = await start_sandbox(SandboxOptions(app_key=..., app_secret=..., ...))
+    ... talk to running.url ...
+    await running.stop()
+
+The checks are written from reference/nuonuo.md on their own and never import the domain or the
+adapter, so the sandbox cannot share their mistakes. Every response code the platform does not
+document is an assumption, listed in ``cdc_invoice.sandbox.codes``: notably 070301 for an
+invalid or expired accessToken and 070302 for a bad signature or stale timestamp (±300 s).
+"""
+
+from cdc_invoice.sandbox.options import RuntimeConfig, SandboxOptions
+from cdc_invoice.sandbox.server import RunningSandbox, start_sandbox
+
+__all__ = ["RunningSandbox", "RuntimeConfig", "SandboxOptions", "start_sandbox"]
