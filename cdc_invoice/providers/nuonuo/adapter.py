@@ -1,4 +1,10 @@
-"""``NuonuoProvider``: the Provider protocol over the Nuonuo 诺税通 API (nuonuo.OpeMplatform.*)."""
+"""``NuonuoProvider``: the Provider protocol over the Nuonuo 诺税通 API (nuonuo.OpeMplatform.*).
+
+Which calls can act on the platform (so that a lost answer is OutcomeUnknown, not
+ProviderUnavailable): requestBillingNew, saveInvoiceRedConfirm, fastInvoiceRed and
+invoiceCancellation. deliveryInvoice only re-sends a file: a retry after a lost answer at worst
+sends it twice, so it is treated like a query.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +18,22 @@ from typing import Final
 
 import httpx
 
-from cdc_invoice.errors import OutcomeUnknown, ProviderAuthError, ProviderUnavailable
-from cdc_invoice.invoice.model import InvoiceDraft, Seller
-from cdc_invoice.providers.base import IssueAccepted, PlatformInvoice
+from cdc_invoice.errors import (
+    OutcomeUnknown,
+    ProviderAuthError,
+    ProviderRejected,
+    ProviderUnavailable,
+)
+from cdc_invoice.invoice.model import InvoiceDraft, InvoiceLine, Seller
+from cdc_invoice.providers.base import (
+    InvoiceRef,
+    IssueAccepted,
+    PlatformInvoice,
+    RedSlip,
+)
 from cdc_invoice.providers.nuonuo import codes, payload
 from cdc_invoice.providers.nuonuo.client import (
+    DEFAULT_UNKNOWN_HINT,
     DEFAULT_USER_AGENT,
     Answer,
     Credentials,
@@ -27,8 +44,20 @@ from cdc_invoice.providers.nuonuo.token import Clock, TokenCache, TokenStore
 
 logger = logging.getLogger(__name__)
 
-ISSUE: Final = "nuonuo.OpeMplatform.requestBillingNew"
-QUERY: Final = "nuonuo.OpeMplatform.queryInvoiceResult"
+ISSUE: Final = codes.ISSUE
+QUERY: Final = codes.QUERY
+SAVE_RED_CONFIRM: Final = codes.SAVE_RED_CONFIRM
+QUERY_RED_CONFIRM: Final = codes.QUERY_RED_CONFIRM
+FAST_RED: Final = codes.FAST_RED
+VOID: Final = codes.VOID
+DELIVER: Final = codes.DELIVER
+LIST: Final = codes.LIST
+
+# Guards a platform that ignores pageNo or never stops sending full pages.
+MAX_LIST_PAGES: Final = 2000
+
+_SLIP_UNKNOWN = "query the slip by bill_id before applying again"
+_VOID_UNKNOWN = "query the invoice by serial (status 31/3) before voiding again"
 
 
 class NuonuoProvider:
@@ -111,17 +140,7 @@ class NuonuoProvider:
         answer = await self._call(seller, ISSUE, content, mutating=True, order_no=order_no)
         if answer.code != codes.SUCCESS:
             raise codes.error_for(answer.code, answer.describe, method=ISSUE)
-        result = answer.result
-        serial = result.get("invoiceSerialNum") if isinstance(result, dict) else None
-        if not isinstance(serial, str) or not serial:
-            # Accepted (E0000) yet no serial: the invoice may exist, so never issue blindly again.
-            raise OutcomeUnknown(
-                f"{ISSUE}: E0000 without invoiceSerialNum",
-                code=answer.code,
-                method=ISSUE,
-                hint="query by order number before issuing again",
-            )
-        return IssueAccepted(order_no=order_no, serial=serial)
+        return IssueAccepted(order_no=order_no, serial=self._serial(answer, ISSUE))
 
     async def query_by_serials(
         self, seller: Seller, serials: Sequence[str]
@@ -133,7 +152,168 @@ class NuonuoProvider:
     ) -> list[PlatformInvoice]:
         return await self._query(seller, payload.query_content(order_nos=self._batch(order_nos)))
 
+    async def request_red_slip(
+        self,
+        seller: Seller,
+        blue: InvoiceRef,
+        red_lines: Sequence[InvoiceLine] | None,
+        reason: str,
+        bill_id: str,
+        red_order_no: str,
+    ) -> str:
+        content = payload.red_confirm_content(
+            seller, blue, red_lines, reason, bill_id, red_order_no
+        )
+        answer = await self._call(
+            seller,
+            SAVE_RED_CONFIRM,
+            content,
+            mutating=True,
+            order_no=bill_id,
+            unknown_hint=_SLIP_UNKNOWN,
+        )
+        if answer.code != codes.SUCCESS:
+            raise codes.error_for(answer.code, answer.describe, method=SAVE_RED_CONFIRM)
+        # The result is the billId; we sent ours, so anything else would be the platform's own.
+        result = answer.result
+        if isinstance(result, (str, int)) and not isinstance(result, bool) and str(result):
+            if str(result) != bill_id:
+                logger.warning(
+                    "%s: asked for billId %s, the platform answered %s",
+                    SAVE_RED_CONFIRM,
+                    bill_id,
+                    result,
+                )
+            return str(result)
+        return bill_id
+
+    async def query_red_slip(self, seller: Seller, bill_id: str) -> RedSlip | None:
+        content = payload.red_confirm_query_content(bill_id)
+        answer = await self._call(seller, QUERY_RED_CONFIRM, content, mutating=False)
+        if answer.code in codes.NOT_FOUND:
+            return None
+        if answer.code not in codes.RED_CONFIRM_SUCCESS:
+            raise codes.error_for(answer.code, answer.describe, method=QUERY_RED_CONFIRM)
+        try:
+            items = payload.slip_items(answer.result, answer.extra)
+            slips = [payload.parse_red_slip(item, bill_id) for item in items]
+        except payload.MalformedResponse as exc:
+            raise ProviderUnavailable(
+                f"{QUERY_RED_CONFIRM}: malformed result: {exc}", method=QUERY_RED_CONFIRM
+            ) from exc
+        # Only our slip: a platform that ignored the billId filter must not hand us another one.
+        mine = [slip for slip in slips if slip.bill_id == bill_id]
+        if len(mine) > 1:
+            logger.warning("%s: %d slips with billId %s", QUERY_RED_CONFIRM, len(mine), bill_id)
+        return mine[0] if mine else None
+
+    async def issue_red_from_slip(
+        self, seller: Seller, blue: InvoiceRef, slip: RedSlip, red_order_no: str
+    ) -> IssueAccepted:
+        content = payload.fast_red_content(seller, blue, slip, red_order_no)
+        answer = await self._call(seller, FAST_RED, content, mutating=True, order_no=red_order_no)
+        if answer.code != codes.SUCCESS:
+            raise codes.error_for(answer.code, answer.describe, method=FAST_RED)
+        return IssueAccepted(order_no=red_order_no, serial=self._serial(answer, FAST_RED))
+
+    async def void(self, seller: Seller, invoice: InvoiceRef, reason: str) -> None:
+        # ``reason`` is not sent: the request documents no reason field (§2.11 / A6).
+        if invoice.invoice_line in payload.ELECTRONIC_LINES:
+            # Never voidable (12366, §3.6); the platform's code for it is undocumented, so say it
+            # here instead of spending a call on a guess.
+            raise ProviderRejected(
+                f"{VOID}: invoice {invoice.serial} is a 数电 electronic invoice "
+                f"({invoice.invoice_line})",
+                hint=codes.VOID_ELECTRONIC_HINT,
+                method=VOID,
+            )
+        answer = await self._call(
+            seller,
+            VOID,
+            payload.void_content(invoice),
+            mutating=True,
+            order_no=invoice.serial,
+            unknown_hint=_VOID_UNKNOWN,
+        )
+        if answer.code != codes.SUCCESS:
+            raise codes.error_for(answer.code, answer.describe, method=VOID)
+
+    async def deliver(
+        self, seller: Seller, invoice: InvoiceRef, email: str | None, phone: str | None
+    ) -> None:
+        content = payload.delivery_content(seller, invoice, email, phone)
+        answer = await self._call(seller, DELIVER, content, mutating=False)
+        if answer.code != codes.SUCCESS:
+            raise codes.error_for(answer.code, answer.describe, method=DELIVER)
+
+    async def list_invoices(
+        self, seller: Seller, start: datetime, end: datetime
+    ) -> list[PlatformInvoice]:
+        found: dict[str, PlatformInvoice] = {}  # by serial: windows share their boundary second
+        for low, high in payload.list_windows(start, end):
+            for invoice in await self._list_window(seller, low, high):
+                found.setdefault(invoice.serial, invoice)
+        return list(found.values())
+
     # ------------------------------------------------------------ helpers
+
+    async def _list_window(
+        self, seller: Seller, start: datetime, end: datetime
+    ) -> list[PlatformInvoice]:
+        size = payload.LIST_PAGE_SIZE
+        invoices: list[PlatformInvoice] = []
+        serials: set[str] = set()
+        for page_no in range(1, MAX_LIST_PAGES + 1):
+            content = payload.list_content(seller, start, end, page_no=page_no, page_size=size)
+            answer = await self._call(seller, LIST, content, mutating=False)
+            if answer.code in codes.NOT_FOUND:
+                return invoices
+            if answer.code != codes.SUCCESS:
+                raise codes.error_for(answer.code, answer.describe, method=LIST)
+            try:
+                items, total = payload.list_page(answer.result, answer.extra)
+                page = [payload.parse_invoice(item) for item in items]
+            except payload.MalformedResponse as exc:
+                raise ProviderUnavailable(f"{LIST}: malformed result: {exc}", method=LIST) from exc
+            new = [inv for inv in page if inv.serial not in serials]
+            serials.update(inv.serial for inv in new)
+            invoices += new
+            if total is not None:
+                # Trust the total over the page length: the platform may cap pageSize lower.
+                if len(invoices) >= total:
+                    return invoices
+                if not page:
+                    logger.warning(
+                        "%s: total %d but only %d invoices before an empty page",
+                        LIST,
+                        total,
+                        len(invoices),
+                    )
+                    return invoices
+            elif len(page) < size:
+                return invoices
+            if not new:
+                raise ProviderUnavailable(
+                    f"{LIST}: page {page_no} repeats earlier invoices (paging does not advance)",
+                    method=LIST,
+                )
+        raise ProviderUnavailable(
+            f"{LIST}: more than {MAX_LIST_PAGES} pages of {size} in one window", method=LIST
+        )
+
+    @staticmethod
+    def _serial(answer: Answer, method: str) -> str:
+        result = answer.result
+        serial = result.get("invoiceSerialNum") if isinstance(result, dict) else None
+        if not isinstance(serial, str) or not serial:
+            # Accepted (E0000) yet no serial: the invoice may exist, so never issue blindly again.
+            raise OutcomeUnknown(
+                f"{method}: E0000 without invoiceSerialNum",
+                code=answer.code,
+                method=method,
+                hint="query by order number before issuing again",
+            )
+        return serial
 
     def _batch(self, keys: Sequence[str]) -> list[str]:
         if isinstance(keys, str):  # a str is a Sequence[str]: catch query_by_serials(s, "123")
@@ -179,6 +359,7 @@ class NuonuoProvider:
         *,
         mutating: bool,
         order_no: str | None = None,
+        unknown_hint: str = DEFAULT_UNKNOWN_HINT,
     ) -> Answer:
         """One gateway call with a valid token; a rejected token is replaced and retried once."""
         credentials = self._credentials_for(seller)
@@ -193,6 +374,7 @@ class NuonuoProvider:
             user_tax=seller.tax_number,
             mutating=mutating,
             order_no=order_no,
+            unknown_hint=unknown_hint,
         )
         answer = await send(access_token=token.access_token)
         if answer.code in codes.TOKEN_INVALID:

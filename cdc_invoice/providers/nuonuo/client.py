@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 TOKEN_PATH: Final = "/accessToken"  # noqa: S105 - a URL path, not a password
 DEFAULT_TOKEN_LIFETIME: Final = 86_400.0  # the documented default when expires_in is unusable
+# What to do after a creating call whose answer was lost (the adapter passes a method's own).
+DEFAULT_UNKNOWN_HINT: Final = "query by order number before issuing again"
 
 # Failures that happen before the request leaves this process: the platform cannot have acted.
 _NOT_SENT: Final = (
@@ -76,11 +78,16 @@ class Credentials:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A protocol answer from the gateway: ``{"code", "describe", "result"}``."""
+    """A protocol answer from the gateway: ``{"code", "describe", "result"}``.
+
+    ``extra`` keeps any other top-level keys: some methods answer outside ``result`` (the
+    queryInvoiceRedConfirm doc puts ``total`` and ``list`` next to ``code``).
+    """
 
     code: str
     describe: str
     result: object
+    extra: Mapping[str, object] = field(default_factory=dict)
 
 
 def dumps(content: Mapping[str, object]) -> str:
@@ -206,12 +213,16 @@ class NuonuoClient:
         user_tax: str,
         mutating: bool,
         order_no: str | None = None,
+        unknown_hint: str = DEFAULT_UNKNOWN_HINT,
     ) -> Answer:
         """Send one signed gateway request whose body is exactly ``content`` (see ``dumps``).
 
-        :param mutating: True if the method creates something on the platform (issue): then a
-            lost answer is OutcomeUnknown instead of ProviderUnavailable.
+        :param mutating: True if the method changes something on the platform (issue, red-letter
+            slip, void): then a lost answer is OutcomeUnknown instead of ProviderUnavailable.
+        :param order_no: the call's idempotency key, for the debug log only.
+        :param unknown_hint: the OutcomeUnknown hint (how to find out whether the call acted).
         """
+        hint = unknown_hint if mutating else None
         senid = uuid.uuid4().hex
         nonce = str(secrets.randbelow(90_000_000) + 10_000_000)  # 8 digits, no leading zero
         timestamp = str(int(self._clock()))
@@ -250,6 +261,7 @@ class NuonuoClient:
                 what=method,
                 mutating=mutating,
                 hidden=(credentials.app_secret, access_token),
+                hint=hint,
             )
             answer = _answer(status, body)
             if answer is None:
@@ -258,12 +270,14 @@ class NuonuoClient:
                     f"{method}: unexpected answer (HTTP {status}, {ctype or 'no content type'}, "
                     f"{len(body)} bytes)",
                     method=method,
-                    hint="query by order number before issuing again" if mutating else None,
+                    hint=hint,
                 )
             outcome = answer.code
             # The describe text ends up in exceptions and the audit log: never let it echo secrets.
             describe = _redact(answer.describe, credentials.app_secret, access_token)
-            return Answer(code=answer.code, describe=describe, result=answer.result)
+            return Answer(
+                code=answer.code, describe=describe, result=answer.result, extra=answer.extra
+            )
         finally:
             logger.debug(
                 "nuonuo %s orderNo=%s %s in %.1f ms",
@@ -282,10 +296,10 @@ class NuonuoClient:
         what: str,
         mutating: bool,
         hidden: tuple[str, ...],
+        hint: str | None = None,
     ) -> tuple[int, bytes, str]:
         """Send, read a bounded body, and map every transport failure: (status, body, type)."""
         after_send: type[ProviderError] = OutcomeUnknown if mutating else ProviderUnavailable
-        hint = "query by order number before issuing again" if mutating else None
         host = request.url.host
         try:
             async with asyncio.timeout(self._deadline):
@@ -360,7 +374,10 @@ def _answer(status: int, body: bytes) -> Answer | None:
         code, describe = payload.get("error"), payload.get("error_description")
     if code is None or isinstance(code, (dict, list, bool)) or str(code) == "":
         return None
-    return Answer(code=str(code), describe=str(describe or ""), result=payload.get("result"))
+    extra = {k: v for k, v in payload.items() if k not in ("code", "describe", "result")}
+    return Answer(
+        code=str(code), describe=str(describe or ""), result=payload.get("result"), extra=extra
+    )
 
 
 def _lifetime(expires_in: object) -> float:

@@ -17,6 +17,20 @@ from cdc_invoice.errors import (
 
 SUCCESS: Final = "E0000"
 
+# Method names (reference/nuonuo.md §2.6). The void method is spelled with a lower-case "e".
+ISSUE: Final = "nuonuo.OpeMplatform.requestBillingNew"
+QUERY: Final = "nuonuo.OpeMplatform.queryInvoiceResult"
+SAVE_RED_CONFIRM: Final = "nuonuo.OpeMplatform.saveInvoiceRedConfirm"
+QUERY_RED_CONFIRM: Final = "nuonuo.OpeMplatform.queryInvoiceRedConfirm"
+FAST_RED: Final = "nuonuo.OpeMplatform.fastInvoiceRed"
+VOID: Final = "nuonuo.electronInvoice.invoiceCancellation"
+DELIVER: Final = "nuonuo.OpeMplatform.deliveryInvoice"
+LIST: Final = "nuonuo.OpeMplatform.queryInvoiceList"
+
+# queryInvoiceRedConfirm's doc shows "0000" in its answer example where every other method says
+# "E0000" (§2.5): accept both there (a read-only call, so a wrong guess costs nothing).
+RED_CONFIRM_SUCCESS: Final = frozenset({SUCCESS, "0000"})
+
 # Query answers "no such invoice": the Provider contract says unknown invoices are simply omitted.
 NOT_FOUND: Final = frozenset({"E9500"})
 
@@ -85,9 +99,48 @@ HINTS: Final[dict[str, str]] = {
         "(a bug in cdc-invoice's formatting)"
         for n in range(4, 10)
     },
+    # red-letter (红冲) — E9103 is documented for reversing twice; the platform's codes for the
+    # 数电 slip's cumulative per-line limits are not, and our sandbox answers E9103 for them too.
+    "E9103": "the blue invoice is already reversed (红冲), or these red lines exceed what is left "
+    "of the blue lines (cumulative limit): check the earlier reversals of this invoice",
+    "E9113": "the red invoice's buyer address must equal the blue invoice's",
+    "E9115": "the red invoice's buyer phone must equal the blue invoice's",
+    "E9117": "the red-letter buyer name must equal the blue invoice's buyer name exactly",
+    "E9118": "the red-letter buyer tax number must equal the blue invoice's",
+    "E9120": "the red invoice's buyer bank account must equal the blue invoice's",
     # query
     "E9601": "the platform could not query the invoice right now; it will be retried",
     "E9611": "neither serial numbers nor order numbers were given (a bug in cdc-invoice)",
+}
+
+
+VOID_ELECTRONIC_HINT: Final = (
+    "cannot void 数电 electronic invoice: reverse it with a red-letter slip instead "
+    "(pc/bs can never be voided; only paper es/ec can)"
+)
+
+# Codes whose meaning depends on the method (E9999 is "invoice not found" for deliveryInvoice but
+# our sandbox also uses it for a reused billId). Looked up before HINTS.
+METHOD_HINTS: Final[dict[str, dict[str, str]]] = {
+    DELIVER: {
+        "E9999": "invoice not found: the platform has no issued invoice with this number (the "
+        "20-digit 数电 number; code + 8-digit number for paper invoices). An invoice that is "
+        "still being issued cannot be delivered yet",
+        "E9104": "the delivery email is longer than 50 characters",
+    },
+    SAVE_RED_CONFIRM: {
+        # ASSUMPTION (the sandbox's choice; the platform documents no code for it).
+        "E9999": "the slip was refused; if billId was already used, an earlier attempt was "
+        "accepted: query the slip by bill_id instead of applying again",
+    },
+    VOID: {
+        # ASSUMPTIONS (the sandbox's codes; the platform's are undocumented, §6).
+        "E9201": VOID_ELECTRONIC_HINT,
+        "E9202": "only an issued invoice (status 2) without a red-letter slip can be voided",
+        "E9102": "invoice code / number do not match the serial: check the paper invoice's "
+        "code and 8-digit number",
+        "E9500": "invoice not found: check the serial",
+    },
 }
 
 
@@ -98,7 +151,7 @@ def is_auth_code(code: str) -> bool:
 def error_for(code: str, describe: str, *, method: str) -> ProviderError:
     """The exception for a platform answer that is not a success."""
     message = f"{method}: {code} {describe}".rstrip()
-    hint = HINTS.get(code)
+    hint = METHOD_HINTS.get(method, {}).get(code) or HINTS.get(code)
     if code in TOKEN_INVALID or code in SIGNATURE_INVALID or is_auth_code(code):
         return ProviderAuthError(message, code=code, hint=hint, method=method)
     if code in TRANSIENT:

@@ -2,7 +2,12 @@
 
 The fake checks the envelope the way the real platform does: it verifies X-Nuonuo-Sign over the
 exact bytes it received and the query parameters, and refuses unknown access tokens with 070301
-(the sandbox's code). Tests steer it through ``on_gateway`` / ``on_token`` hooks.
+(the sandbox's code). Only verified requests reach ``calls``. Tests steer it through
+``on_gateway`` / ``on_token`` hooks, or by editing ``invoices`` / ``slips`` / ``listed_at``.
+
+Lifecycle methods keep just enough state for the adapter tests: red-letter slips by billId
+(answered in the sandbox's ``{"total", "list"}`` shape), fastInvoiceRed serials, void, delivery by
+number, and a queryInvoiceList that pages over ``invoices`` in serial order.
 """
 
 from __future__ import annotations
@@ -57,6 +62,19 @@ class FakeNuonuo:
     on_gateway: Hook | None = None
     serial_seq: int = 0
     invoices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    slips: dict[str, dict[str, Any]] = field(default_factory=dict)
+    bill_seq: int = 0
+    deliveries: list[dict[str, Any]] = field(default_factory=list)
+    # serial -> "yyyy-MM-dd HH:mm:ss" for queryInvoiceList's time filter (absent: always listed)
+    listed_at: dict[str, str] = field(default_factory=dict)
+
+    def add_invoice(self, **fields: Any) -> dict[str, Any]:
+        """An invoice the platform already has (status 2 unless given)."""
+        self.serial_seq += 1
+        serial = fields.pop("serialNo", f"2501011000{self.serial_seq:010d}")
+        item = {"serialNo": serial, "orderNo": f"o-{self.serial_seq}", "status": "2", **fields}
+        self.invoices[serial] = item
+        return item
 
     def revoke_all(self) -> None:
         self.valid_tokens.clear()
@@ -136,7 +154,106 @@ class FakeNuonuo:
             return self._issue(body)
         if method == "nuonuo.OpeMplatform.queryInvoiceResult":
             return self._query(body)
-        return httpx.Response(200, json={"code": "E9999", "describe": "unknown method"})
+        handler = {
+            "nuonuo.OpeMplatform.saveInvoiceRedConfirm": self._save_red,
+            "nuonuo.OpeMplatform.queryInvoiceRedConfirm": self._query_red,
+            "nuonuo.OpeMplatform.fastInvoiceRed": self._fast_red,
+            "nuonuo.electronInvoice.invoiceCancellation": self._void,
+            "nuonuo.OpeMplatform.deliveryInvoice": self._deliver,
+            "nuonuo.OpeMplatform.queryInvoiceList": self._list,
+        }.get(method)
+        if handler is None:
+            return self._violation(f"unknown method {method!r}")
+        return handler(body)
+
+    @staticmethod
+    def _ok(result: Any = None, describe: str = "成功") -> httpx.Response:
+        answer: dict[str, Any] = {"code": "E0000", "describe": describe}
+        if result is not None:
+            answer["result"] = result
+        return httpx.Response(200, json=answer)
+
+    @staticmethod
+    def _code(code: str, describe: str) -> httpx.Response:
+        return httpx.Response(200, json={"code": code, "describe": describe})
+
+    def _save_red(self, body: Any) -> httpx.Response:
+        if body.get("sellerTaxNo") != TAX_NUMBER:
+            return self._code("E9302", "销方税号与userTax不一致")
+        bill_id = body["billId"]
+        if bill_id in self.slips:
+            return self._code("E9999", "申请号重复")
+        self.bill_seq += 1
+        self.slips[bill_id] = {
+            "billId": bill_id,
+            "billNo": f"2025010110{self.bill_seq:011d}",
+            "billUuid": f"{self.bill_seq:032x}",
+            "billStatus": "15",
+            "billMessage": "",
+            "requestStatus": "",
+            "openStatus": "0",
+            "blueInvoiceLine": body["blueInvoiceLine"],
+            "redReason": body["redReason"],
+            "_orderNo": body.get("orderNo", ""),  # the red invoice's, once issued
+        }
+        return self._ok(bill_id, "红字确认单申请成功")
+
+    def _query_red(self, body: Any) -> httpx.Response:
+        if body.get("identity") != "0":
+            return self._violation(f"identity {body.get('identity')!r}")
+        found = [
+            {k: v for k, v in slip.items() if not k.startswith("_")}
+            for slip in self.slips.values()
+            if slip["billId"] == body.get("billId")
+        ]
+        return self._ok({"total": len(found), "list": found}, "查询成功")
+
+    def _fast_red(self, body: Any) -> httpx.Response:
+        if body.get("taxNum") != TAX_NUMBER:
+            return self._code("E9302", "税号taxNum与请求头userTax不一致")
+        slip = next((s for s in self.slips.values() if s["billNo"] == body.get("billNo")), None)
+        if slip is None or slip["billUuid"] != body.get("billUuid"):
+            return self._code("E9400", "红字确认单不存在")
+        if slip.get("invoiceSerialNum"):
+            return self._ok({"invoiceSerialNum": slip["invoiceSerialNum"]}, "开票提交成功")
+        red = self.add_invoice(orderNo=body["orderNo"], status="20", invoiceType="2")
+        slip.update(openStatus="1", invoiceSerialNum=red["serialNo"], orderNo=red["orderNo"])
+        return self._ok({"invoiceSerialNum": red["serialNo"]}, "开票提交成功")
+
+    def _void(self, body: Any) -> httpx.Response:
+        invoice = self.invoices.get(body.get("invoiceId", ""))
+        if invoice is None:
+            return self._code("E9500", "发票不存在")
+        invoice["status"] = "31"
+        return self._ok(invoice["serialNo"], "作废提交成功")
+
+    def _deliver(self, body: Any) -> httpx.Response:
+        if body.get("taxnum") != TAX_NUMBER:
+            return self._code("E9302", "税号与userTax不一致")
+        if not body.get("phone") and not body.get("mail"):
+            return self._code("E9100", "手机号和邮箱至少填写一个")
+        number, code = body.get("invoiceNum"), body.get("invoiceCode", "")
+        if not any(
+            number in (i.get("allElectronicInvoiceNumber"), i.get("invoiceNo"))
+            and code == i.get("invoiceCode", "")
+            for i in self.invoices.values()
+        ):
+            return self._code("E9999", "发票不存在不能重新交付")
+        self.deliveries.append(body)
+        return self._ok(describe="交付成功")
+
+    def _list(self, body: Any) -> httpx.Response:
+        page_no, page_size = int(body["pageNo"]), int(body["pageSize"])
+        if page_no < 1 or not 1 <= page_size <= 50:
+            return self._code("E9100", "pageNo从1开始,pageSize为1-50")
+        start, end = body["startTime"], body["endTime"]
+        rows = [
+            self.invoices[serial]
+            for serial in sorted(self.invoices)
+            if start <= self.listed_at.get(serial, start) <= end
+        ]
+        page = rows[(page_no - 1) * page_size : page_no * page_size]
+        return self._ok({"total": len(rows), "list": page}, "查询成功")
 
     def _issue(self, body: Any) -> httpx.Response:
         order = body["order"]
