@@ -22,6 +22,25 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'cdc_invoice_' || substr(md5(source), 1, 12) || '_' || suffix
 $$;
 
+-- The document snapshot of one order as an SQL expression: the view's rows for the order key
+-- given by key_expr (e.g. NEW."order_id"), as a JSON array of to_jsonb(row). The capture
+-- trigger, backfill and preview all embed this one expression, so numbers take the same path
+-- everywhere (a real 9.65 becomes the JSON number 9.65 -- its shortest round-trip decimal -- and
+-- the daemon reads JSON numbers as Decimal). Same key type: compare natively so an index on
+-- the order key serves the query; otherwise compare as text.
+CREATE OR REPLACE FUNCTION cdc_invoice._document_sql(view regclass, tbl regclass, key text, key_expr text)
+RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('coalesce((SELECT jsonb_agg(to_jsonb(d)) FROM %s d WHERE %s), ''[]''::jsonb)',
+                  view,
+                  CASE WHEN (SELECT a.atttypid FROM pg_attribute a
+                              WHERE a.attrelid = view AND a.attname = 'order_ref' AND NOT a.attisdropped)
+                          = (SELECT a.atttypid FROM pg_attribute a
+                              WHERE a.attrelid = tbl AND a.attname = key AND NOT a.attisdropped)
+                       THEN format('d.order_ref = %s', key_expr)
+                       ELSE format('d.order_ref::text = (%s)::text', key_expr) END)
+$$;
+
 -- attach(): capture completed orders of one table. Idempotent: attaching again with the same
 -- or new arguments replaces the triggers. Nothing in the inventory schema changes except the
 -- triggers on order_table.
@@ -33,6 +52,11 @@ $$;
 --   document     view with one row per invoice line (see the canonical columns in the docs)
 --   seller       cdc_invoice.seller.seller_id
 --   reverse_when optional SQL boolean: when a full red-letter reversal is requested
+--
+-- A partitioned order table works as is (PostgreSQL 13+): its triggers are cloned to every
+-- partition, including partitions created or attached later. An UPDATE that moves a row to
+-- another partition fires the INSERT trigger (OLD is NULL there), so issue_when should hold
+-- when OLD is NULL, as it must anyway for orders inserted already complete.
 CREATE OR REPLACE FUNCTION cdc_invoice.attach(
     source       text,
     order_table  text,
@@ -47,10 +71,10 @@ DECLARE
     v_table      regclass;
     v_view       regclass;
     v_key_type   text;
-    v_ref_type   text;
     v_missing    text[];
+    v_money      text[];
     v_fn         text := cdc_invoice.object_name(attach.source, 'capture');
-    v_match      text;
+    v_snapshot   text;
     v_old_refs   boolean;
     v_required   text[] := ARRAY['order_ref', 'line_no', 'quantity', 'unit_price'];
     v_cols       text[];
@@ -105,12 +129,20 @@ BEGIN
             USING ERRCODE = 'CI003',
                   HINT = 'Alias the view''s columns to the canonical names (order_ref, line_no, item_ref, quantity, unit_price, customer_ref, ...).';
     END IF;
-    SELECT format_type(a.atttypid, a.atttypmod) INTO v_ref_type
-      FROM pg_attribute a WHERE a.attrelid = v_view AND a.attname = 'order_ref';
-    -- Same type: compare natively so an index on the order key serves the snapshot query.
-    v_match := CASE WHEN v_ref_type = v_key_type
-                    THEN format('d.order_ref = NEW.%I', order_key)
-                    ELSE format('d.order_ref::text = NEW.%I::text', order_key) END;
+    -- to_jsonb() writes a money value as text in the server's lc_monetary ('$1,234.50'), which
+    -- no parser should guess at; numeric is exact for money (it is stored in cents).
+    SELECT array_agg(a.attname::text ORDER BY a.attnum) INTO v_money
+      FROM pg_attribute a
+     WHERE a.attrelid = v_view AND a.attnum > 0 AND NOT a.attisdropped
+       AND a.atttypid = 'money'::regtype
+       AND a.attname IN ('quantity', 'unit_price', 'discount', 'order_discount', 'tax_rate', 'line_no');
+    IF v_money IS NOT NULL THEN
+        RAISE EXCEPTION 'document view % has money column(s): % (to_jsonb writes money as text like ''$1,234.50'')',
+                        v_view, array_to_string(v_money, ', ')
+            USING ERRCODE = 'CI003',
+                  HINT = format('Cast them to numeric in the view (exact for money), e.g. l.price::numeric AS %s.', v_money[1]);
+    END IF;
+    v_snapshot := cdc_invoice._document_sql(v_view, v_table, order_key, format('NEW.%I', order_key));
 
     v_old_refs := cdc_invoice._check_condition(v_table, 'issue_when', issue_when);
     IF reverse_when IS NOT NULL THEN
@@ -127,12 +159,11 @@ BEGIN
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
         BEGIN
             IF TG_ARGV[0] = 'issue' THEN
-                IF TG_ARGV[1] = 'check' AND NOT coalesce((%5$s), false) THEN
+                IF TG_ARGV[1] = 'check' AND NOT coalesce((%4$s), false) THEN
                     RETURN NULL;
                 END IF;
                 INSERT INTO cdc_invoice.request (source, order_ref, kind, document)
-                VALUES (%2$L, NEW.%3$I::text, 'issue',
-                        coalesce((SELECT jsonb_agg(to_jsonb(d)) FROM %4$s d WHERE %6$s), '[]'::jsonb))
+                VALUES (%2$L, NEW.%3$I::text, 'issue', %5$s)
                 ON CONFLICT (source, order_ref, kind, seq) DO NOTHING;
             ELSE
                 INSERT INTO cdc_invoice.request (source, order_ref, kind, params)
@@ -147,7 +178,7 @@ BEGIN
             END IF;
             RETURN NULL;
         END
-        $body$ $f$, v_fn, attach.source, order_key, v_view, issue_when, v_match);
+        $body$ $f$, v_fn, attach.source, order_key, issue_when, v_snapshot);
 
     -- UPDATE: WHEN filters at event time, so non-qualifying updates never call the function.
     EXECUTE format('CREATE CONSTRAINT TRIGGER %I AFTER UPDATE ON %s DEFERRABLE INITIALLY DEFERRED '

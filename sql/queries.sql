@@ -86,12 +86,13 @@ UPDATE cdc_invoice.request
 INSERT INTO cdc_invoice.invoice (request_id, part, source, order_ref, seller_id, invoice_number,
         kind, invoice_line, original_invoice_id, platform_serial, platform_order_no, issued_at,
         buyer_name, buyer_tax_number, buyer_email, buyer_phone, total_excl_tax, total_tax,
-        total_incl_tax, pdf_url, ofd_url, xml_url, delivery_status)
+        total_incl_tax, pdf_url, ofd_url, xml_url, delivery_status, paper_code, paper_number)
 VALUES (%(request_id)s, %(part)s, %(source)s, %(order_ref)s, %(seller_id)s, %(invoice_number)s,
         %(kind)s, %(invoice_line)s, %(original_invoice_id)s, %(platform_serial)s,
         %(platform_order_no)s, %(issued_at)s, %(buyer_name)s, %(buyer_tax_number)s,
         %(buyer_email)s, %(buyer_phone)s, %(total_excl_tax)s, %(total_tax)s, %(total_incl_tax)s,
-        %(pdf_url)s, %(ofd_url)s, %(xml_url)s, %(delivery_status)s)
+        %(pdf_url)s, %(ofd_url)s, %(xml_url)s, %(delivery_status)s, %(paper_code)s,
+        %(paper_number)s)
 RETURNING id;
 
 -- name: insert_invoice_line
@@ -175,7 +176,7 @@ UPDATE cdc_invoice.request
 -- name: load_invoice
 SELECT i.id, i.source, i.order_ref, i.seller_id, i.invoice_number, i.kind, i.invoice_line,
        i.platform_serial, i.platform_order_no, i.buyer_name, i.buyer_tax_number, i.status,
-       i.total_incl_tax
+       i.total_incl_tax, i.paper_code, i.paper_number
   FROM cdc_invoice.invoice i WHERE i.id = %(id)s;
 
 -- name: load_invoice_lines

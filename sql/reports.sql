@@ -45,11 +45,27 @@ SELECT i.invoice_number, i.kind, o.invoice_number AS original_invoice_number, i.
   LEFT JOIN cdc_invoice.invoice o ON o.id = i.original_invoice_id;
 COMMENT ON VIEW cdc_invoice.report_register IS 'Every invoice issued, blue and red.';
 
+CREATE OR REPLACE VIEW cdc_invoice.report_by_buyer AS
+SELECT date_trunc('month', i.issued_at AT TIME ZONE 'Asia/Shanghai')::date AS month,
+       i.seller_id, i.buyer_name, i.buyer_tax_number, i.kind,
+       count(*)              AS invoices,
+       sum(i.total_excl_tax) AS amount_excl_tax,
+       sum(i.total_tax)      AS tax,
+       sum(i.total_incl_tax) AS amount_incl_tax
+  FROM cdc_invoice.invoice i
+ WHERE i.status <> 'voided'
+ GROUP BY 1, 2, 3, 4, 5;
+COMMENT ON VIEW cdc_invoice.report_by_buyer IS 'Invoiced amounts per month (Asia/Shanghai), seller, buyer and kind; voided excluded.';
+
+-- Every report view, present and future, is readable by the reader role.
 DO $$
+DECLARE
+    v name;
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cdc_invoice_reader') THEN
-        GRANT SELECT ON cdc_invoice.report_daily, cdc_invoice.report_monthly,
-                        cdc_invoice.report_backlog, cdc_invoice.report_failures,
-                        cdc_invoice.report_register TO cdc_invoice_reader;
+        FOR v IN SELECT viewname FROM pg_views
+                  WHERE schemaname = 'cdc_invoice' AND viewname LIKE 'report\_%' LOOP
+            EXECUTE format('GRANT SELECT ON cdc_invoice.%I TO cdc_invoice_reader', v);
+        END LOOP;
     END IF;
 END $$;

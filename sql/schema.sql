@@ -150,6 +150,8 @@ CREATE TABLE cdc_invoice.invoice (
     ofd_url             text,
     xml_url             text,
     delivery_status     text,
+    paper_code          text,     -- paper invoices (es/ec): 发票代码 and 8-digit number
+    paper_number        text,
     UNIQUE (request_id, part),
     CHECK ((kind = 'red') = (original_invoice_id IS NOT NULL))
 );

@@ -110,6 +110,8 @@ def invoice_row(
         "ofd_url": result.ofd_url,
         "xml_url": result.xml_url,
         "delivery_status": None,
+        "paper_code": result.paper_code,
+        "paper_number": result.paper_number,
         "lines": [
             {
                 "line_no": line.line_no,

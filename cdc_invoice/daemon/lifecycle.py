@@ -96,6 +96,8 @@ class Lifecycle(Handler):
             invoice_line=inv["invoice_line"],
             buyer_name=inv["buyer_name"],
             buyer_tax_number=inv["buyer_tax_number"],
+            paper_code=inv["paper_code"],
+            paper_number=inv["paper_number"],
         )
         return inv, seller, ref
 

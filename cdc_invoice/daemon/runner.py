@@ -8,11 +8,18 @@ import logging
 import os
 import signal
 import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict
 
 import psycopg
+from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from cdc_invoice import __version__
+from cdc_invoice import config as cfg
 from cdc_invoice.config import Config, read_secret_file
+from cdc_invoice.daemon import health, metrics, systemd
 from cdc_invoice.daemon.issuer import Issuer, SellerCache
 from cdc_invoice.daemon.listener import Listener
 from cdc_invoice.daemon.worker import Worker
@@ -55,14 +62,24 @@ def build_provider(config: Config, repo: Repository) -> NuonuoProvider:
     )
 
 
-async def run(config: Config) -> int:
+async def run(
+    config: Config,
+    config_path: str | None = None,
+    *,
+    reconfigure_logs: Callable[[Config], None] | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT; SIGHUP re-reads ``config_path`` (see ``apply_reload``)."""
     dsn = config.database.dsn
     daemon_id = config.daemon.daemon_id or f"{socket.gethostname()}:{os.getpid()}"
+    notifier = systemd.Notifier.from_environ(os.environ)
     with psycopg.connect(dsn) as conn:
         schema.check_version(conn)
     repo = await Repository.open(dsn, daemon_id, config.database.pool_size)
     provider = build_provider(config, repo)
     d = config.daemon
+    registry = CollectorRegistry()
+    observer = metrics.PrometheusObserver(registry)
+    monitor = health.LoopMonitor()
     wake = asyncio.Event()
     listener = Listener(dsn, wake)
     issuer = Issuer(
@@ -71,6 +88,7 @@ async def run(config: Config) -> int:
         SellerCache(repo),
         result_poll_seconds=d.result_poll_seconds,
         max_backoff_seconds=d.max_backoff_seconds,
+        observer=observer,
     )
     worker = Worker(
         repo,
@@ -79,10 +97,50 @@ async def run(config: Config) -> int:
         concurrency=d.concurrency,
         poll_interval=d.poll_interval,
         lease_seconds=d.lease_seconds,
+        on_cycle=monitor.on_cycle,
     )
+    snapshot = metrics.DbSnapshot(repo)
+    registry.register(
+        metrics.DaemonCollector(
+            snapshot,
+            metrics.CertWatch(config.provider.ca_file),
+            lambda: {
+                "inflight_requests": len(worker.inflight),
+                "concurrency": worker.concurrency,
+                "listener_connected": 1 if listener.connected.is_set() else 0,
+                "listener_reconnects_total": listener.reconnects,
+                "notifications_total": listener.notifications,
+                "claimed_total": worker.claimed_total,
+                "claim_loop_age_seconds": monitor.age(),
+                "db_snapshot_refreshes_total": snapshot.refreshes,
+            },
+            {"daemon_id": daemon_id, "version": __version__},
+        )
+    )
+    live = health.LiveHealth(
+        snapshot=snapshot,
+        monitor=monitor,
+        listener_connected=listener.connected.is_set,
+        last_platform_call=lambda: observer.last_call,
+        poll_interval=lambda: worker.poll_interval,
+        daemon_id=daemon_id,
+    )
+    http: web.AppRunner | None = None
+    try:
+        if d.metrics_listen:
+            http, url = await metrics.serve(
+                metrics.make_app(registry, snapshot, live), d.metrics_listen
+            )
+            log.info("metrics at %s/metrics, health at %s/healthz", url, url)
+    except BaseException:
+        await provider.aclose()
+        await repo.close()
+        raise
 
+    current = config
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    background: set[asyncio.Task[None]] = set()
 
     def on_signal(signum: int) -> None:
         if stop.is_set():
@@ -92,10 +150,45 @@ async def run(config: Config) -> int:
             )
             os._exit(1)
         log.info("%s: stopping (send it again to exit at once)", signal.Signals(signum).name)
+        notifier.stopping(f"stopping: draining {len(worker.inflight)} request(s)")
         stop.set()
+
+    async def reload() -> None:
+        nonlocal current
+        notifier.reloading()
+        try:
+            new = cfg.load(config_path)
+        except ConfigError as exc:
+            log.error("SIGHUP: configuration not reloaded, the running one stays: %s", exc)
+        else:
+            apply_reload(current, new, worker, issuer, reconfigure_logs)
+            current = new
+        notifier.ready(await status())
+
+    def on_hup() -> None:
+        task = asyncio.create_task(reload(), name="reload")
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    rate = _Rate()
+
+    async def status() -> str:
+        snap = await snapshot.get()
+        s = issuer.stats
+        queue = (
+            f"backlog {snap.backlog} ({snap.due} due, oldest {_age(snap.oldest_age)})"
+            if snap.ok
+            else f"database: {snap.error.splitlines()[0][:80] if snap.error else 'unreachable'}"
+        )
+        return (
+            f"{len(worker.inflight)} in flight; recorded {s.recorded} "
+            f"({rate.per_minute(s.recorded):.0f}/min), failed {s.failed}, retried {s.retried}; "
+            f"{queue}; LISTEN {'up' if listener.connected.is_set() else 'down, polling'}"
+        )
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
 
     await repo.register_daemon(socket.gethostname(), os.getpid(), __version__)
     tasks = [
@@ -103,11 +196,30 @@ async def run(config: Config) -> int:
         asyncio.create_task(worker.run(), name="worker"),
         asyncio.create_task(_heartbeat(repo), name="heartbeat"),
     ]
+    worker_task = tasks[1]
+    service = [
+        asyncio.create_task(
+            systemd.announce_ready(notifier, listener.connected, wake, monitor.next_cycle, status),
+            name="sd-ready",
+        ),
+        asyncio.create_task(
+            systemd.watchdog(
+                notifier,
+                monitor.age,
+                lambda: not worker_task.done(),
+                lambda: not listener.connected.is_set(),
+                lambda: worker.poll_interval,
+            ),
+            name="sd-watchdog",
+        ),
+        asyncio.create_task(systemd.report_status(notifier, status), name="sd-status"),
+    ]
     log.info(
         "daemon %s started (concurrency %d, platform %s)",
         daemon_id,
         d.concurrency,
         config.provider.base_url,
+        extra={"daemon_id": daemon_id, "systemd": notifier.enabled},
     )
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -115,16 +227,21 @@ async def run(config: Config) -> int:
     for t in crashed:
         if not t.cancelled() and t.exception() is not None:
             log.error("%s crashed", t.get_name(), exc_info=t.exception())
-    await worker.drain(d.shutdown_grace_seconds)
-    for t in tasks:
+    if crashed:
+        notifier.stopping(f"stopping: {crashed[0].get_name()} crashed")
+    await worker.drain(current.daemon.shutdown_grace_seconds)
+    for t in [*tasks, *service, *background]:
         t.cancel()
-    for t in tasks:
+    for t in [*tasks, *service, *background]:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await t
+    if http is not None:
+        await http.cleanup()
     with contextlib.suppress(DatabaseUnavailable):
         await repo.daemon_stopped()
     await provider.aclose()
     await repo.close()
+    notifier.close()
     s = issuer.stats
     log.info(
         "daemon %s stopped: issued %d, adopted %d, recorded %d, failed %d, retried %d",
@@ -136,6 +253,82 @@ async def run(config: Config) -> int:
         s.retried,
     )
     return 1 if crashed else 0
+
+
+# Keys SIGHUP applies to the running daemon; every other change needs a restart.
+RELOADABLE = (
+    "daemon.concurrency",
+    "daemon.poll_interval",
+    "daemon.lease_seconds",
+    "daemon.result_poll_seconds",
+    "daemon.max_backoff_seconds",
+    "daemon.shutdown_grace_seconds",
+    "daemon.log_format",
+    "daemon.log_level",
+)
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """Dotted keys whose value differs (credentials compared per seller, as a whole)."""
+    out = []
+    for section in ("database", "provider", "daemon"):
+        a, b = asdict(getattr(old, section)), asdict(getattr(new, section))
+        out += [f"{section}.{k}" for k in a if a[k] != b[k]]
+    return out
+
+
+def apply_reload(
+    old: Config,
+    new: Config,
+    worker: Worker,
+    issuer: Issuer,
+    reconfigure_logs: Callable[[Config], None] | None,
+) -> list[str]:
+    """Apply what can change while running; log what cannot. Returns the keys applied."""
+    changed = changed_keys(old, new)
+    d = new.daemon
+    if reconfigure_logs is not None:
+        reconfigure_logs(new)
+    # The worker and issuer read these on every round: plain assignment is enough.
+    worker.concurrency = d.concurrency
+    worker.poll_interval = d.poll_interval
+    worker.lease_seconds = d.lease_seconds
+    issuer.result_poll_seconds = d.result_poll_seconds
+    issuer.max_backoff_seconds = d.max_backoff_seconds
+    applied = [k for k in changed if k in RELOADABLE]
+    restart = [k for k in changed if k not in RELOADABLE]
+    log.info(
+        "SIGHUP: configuration reloaded (%s)",
+        ", ".join(f"{k}" for k in applied) if applied else "nothing to apply",
+    )
+    if restart:
+        log.warning(
+            "SIGHUP: %s changed but take(s) effect only after a restart "
+            "(systemctl restart cdc-invoice)",
+            ", ".join(restart),
+        )
+    return applied
+
+
+class _Rate:
+    """Recorded per minute between two STATUS lines."""
+
+    def __init__(self) -> None:
+        self._last = (time.monotonic(), 0)
+
+    def per_minute(self, total: int) -> float:
+        now = time.monotonic()
+        then, before = self._last
+        self._last = (now, total)
+        return (total - before) * 60 / (now - then) if now > then else 0.0
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
 
 
 async def _heartbeat(repo: Repository) -> None:

@@ -60,6 +60,9 @@ class PlatformInvoice:
     xml_url: str | None = None
     fail_cause: str | None = None
     invoice_kind: str | None = None  # e.g. 'blue' / 'red' where the platform says
+    paper_code: str | None = None  # 发票代码 of a paper invoice (es/ec); void and delivery need it
+    paper_number: str | None = None  # its 8-digit paper number
+    original_number: str | None = None  # a red invoice's blue invoice number
     lines: tuple[PlatformLine, ...] = field(default_factory=tuple)
 
 

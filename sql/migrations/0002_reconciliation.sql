@@ -20,4 +20,7 @@ CREATE TABLE cdc_invoice.reconciliation (
 );
 CREATE INDEX reconciliation_day_idx ON cdc_invoice.reconciliation (day, run_at);
 
+-- Paper invoices (es/ec) also have a 发票代码 and an 8-digit number: void and delivery need them.
+ALTER TABLE cdc_invoice.invoice ADD COLUMN paper_code text, ADD COLUMN paper_number text;
+
 INSERT INTO cdc_invoice.schema_version (version, description) VALUES (2, 'reconciliation');

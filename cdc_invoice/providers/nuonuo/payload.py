@@ -586,6 +586,7 @@ def parse_invoice(item: object) -> PlatformInvoice:
     if incl is None and excl is not None and tax is not None:
         incl = excl + tax
     kind = {"1": "blue", "2": "red"}.get(_text(item, "invoiceType") or "")
+    paper_code, paper_number = paper_identity(item)
     return PlatformInvoice(
         serial=serial,
         order_no=_text(item, "orderNo") or "",
@@ -605,6 +606,9 @@ def parse_invoice(item: object) -> PlatformInvoice:
         fail_cause=_text(item, "failCause"),
         invoice_kind=kind,
         lines=tuple(lines),
+        paper_code=paper_code,
+        paper_number=paper_number,
+        original_number=original_number(item),
     )
 
 
