@@ -1,1 +1,1 @@
-"""The invoice domain: money, tax math, mapping, validation, splitting and reversal. Pure, no I/O."""
+"""The invoice domain: money, tax math, mapping, validation, splitting, reversal. Pure, no I/O."""
