@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -102,15 +103,26 @@ class Sandbox:
     app_secret: str
     secret_file: Path
     state_file: Path
+    verify: bool | str = True  # a CA file when the sandbox serves HTTPS with its own CA
+
+    def _verify(self) -> bool | ssl.SSLContext:
+        return (
+            ssl.create_default_context(cafile=self.verify) if isinstance(self.verify, str) else True
+        )
 
     def invoices(self, **params: str) -> list[dict[str, Any]]:
-        r = httpx.get(f"{self.url}/_sandbox/invoices", params=params, timeout=30)
+        r = httpx.get(
+            f"{self.url}/_sandbox/invoices", params=params, timeout=30, verify=self._verify()
+        )
         r.raise_for_status()
         data = r.json()
         return list(data["invoices"] if isinstance(data, dict) else data)
 
     def configure(self, **settings: Any) -> None:
-        httpx.post(f"{self.url}/_sandbox/config", json=settings, timeout=10).raise_for_status()
+        r = httpx.post(
+            f"{self.url}/_sandbox/config", json=settings, timeout=10, verify=self._verify()
+        )
+        r.raise_for_status()
 
 
 def start_sandbox(
@@ -123,7 +135,9 @@ def start_sandbox(
     echo: IO[str] | None = None,
     secret: str | None = None,
     timeout: float = 30.0,
+    tls: tuple[Path, Path, Path] | None = None,
 ) -> Sandbox:
+    """Start `cdc-invoice sandbox`; tls = (cert, key, CA file) serves HTTPS."""
     workdir.mkdir(parents=True, exist_ok=True)
     secret_file = workdir / "sandbox-app-secret"
     secret_value = write_secret(secret_file, secret)
@@ -147,6 +161,8 @@ def start_sandbox(
         str(latency_ms),
         *(extra or []),
     ]
+    if tls:
+        args += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
     proc = spawn(args, "sandbox", echo=echo)
     deadline = time.monotonic() + timeout
     pattern = re.compile(r"listening on (http\S+)")
@@ -154,9 +170,9 @@ def start_sandbox(
         for line in list(proc.lines):
             m = pattern.search(line)
             if m:
-                return Sandbox(
-                    proc, m.group(1).rstrip("/"), APP_KEY, secret_value, secret_file, state
-                )
+                verify: bool | str = str(tls[2]) if tls else True
+                url = m.group(1).rstrip("/")
+                return Sandbox(proc, url, APP_KEY, secret_value, secret_file, state, verify)
         if not proc.alive():
             raise RuntimeError(f"the sandbox exited:\n{proc.output()}")
         time.sleep(0.05)
@@ -172,6 +188,7 @@ def write_config(
     daemon: Mapping[str, Any] | None = None,
     seller_id: str = "main",
     timeout_seconds: float = 2.0,
+    provider: Mapping[str, Any] | None = None,
 ) -> Path:
     """A daemon config file (TOML) pointing at ``dsn`` and the sandbox."""
 
@@ -190,6 +207,7 @@ def write_config(
         'kind = "nuonuo"',
         f"base_url = {toml_value(sandbox.url)}",
         f"timeout_seconds = {timeout_seconds!r}",
+        *(f"{k} = {toml_value(v)}" for k, v in (provider or {}).items()),
         "",
         f"[provider.credentials.{seller_id}]",
         f"app_key = {toml_value(sandbox.app_key)}",

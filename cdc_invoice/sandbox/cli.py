@@ -188,6 +188,18 @@ def _quota(_ctx: click.Context, _param: click.Parameter, value: str) -> Decimal:
     help="Token requests allowed per app per 30 days (070306).",
 )
 @click.option(
+    "--tls-cert",
+    metavar="PEM",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Serve HTTPS with this certificate (chain) instead of HTTP.",
+)
+@click.option(
+    "--tls-key",
+    metavar="PEM",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The private key of --tls-cert.",
+)
+@click.option(
     "--seed",
     type=int,
     default=0,
@@ -210,6 +222,8 @@ def sandbox(
     monthly_quota: Decimal,
     token_ttl_s: int,
     token_limit: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     seed: int,
 ) -> None:
     try:
@@ -230,6 +244,8 @@ def sandbox(
         runtime.validate()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
     options = SandboxOptions(
         app_key=app_key,
         app_secret=_read_secret(app_secret_file),
@@ -241,6 +257,8 @@ def sandbox(
         token_ttl_s=token_ttl_s,
         token_limit=token_limit,
         runtime=runtime,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     try:
         asyncio.run(_serve(options))

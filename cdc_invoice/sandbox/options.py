@@ -93,6 +93,8 @@ class SandboxOptions:
     token_limit: int = TOKEN_LIMIT
     timestamp_window_s: int = TIMESTAMP_WINDOW_S
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    tls_cert: Path | None = None  # serve HTTPS with this certificate chain (PEM) …
+    tls_key: Path | None = None  # … and its private key (PEM)
 
 
 def parse_listen(value: str) -> tuple[str, int]:

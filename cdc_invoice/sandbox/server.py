@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections import Counter
 from typing import Any
 
@@ -68,7 +69,8 @@ class SandboxServer:
         self.config = RuntimeConfig(**{k: getattr(options.runtime, k) for k in _CONFIG_FIELDS})
         self.faults = FaultInjector(options.seed)
         self.auth = Auth(options, self.store, self.clock)
-        self.base_url = f"http://{options.host}:{options.port}"
+        self.scheme = "https" if options.tls_cert else "http"
+        self.base_url = f"{self.scheme}://{options.host}:{options.port}"
         self.platform = Platform(
             options, self.store, self.clock, self.config, self.faults, lambda: self.base_url
         )
@@ -111,8 +113,11 @@ class SandboxServer:
         self.counts["gateway_requests"] += 1
         self.by_method[request.headers.get("method", "")] += 1
         fault = self.faults.decide(self.config)
-        if self.config.latency_ms:
-            await asyncio.sleep(self.config.latency_ms / 1000)
+        # Network latency: half on the way in, half on the way back, after the platform acted —
+        # so a client that dies while waiting leaves an invoice behind, as in real life.
+        half = self.config.latency_ms / 2000
+        if half:
+            await asyncio.sleep(half)
         if fault == "5xx":
             return web.Response(status=503, text=ERROR_503_HTML, content_type="text/html")
         if fault == "timeout":
@@ -135,6 +140,8 @@ class SandboxServer:
             if request.transport is not None:
                 request.transport.abort()
             raise asyncio.CancelledError  # aiohttp drops the request without writing
+        if half:
+            await asyncio.sleep(half)
         return _json(env)
 
     # -- test endpoints -----------------------------------------------------------------------
@@ -265,7 +272,11 @@ async def start_sandbox(options: SandboxOptions) -> RunningSandbox:
     # Short shutdown grace: in-flight "timeout" faults would otherwise hold a stop for 60 s.
     runner = web.AppRunner(server.app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
-    site = web.TCPSite(runner, options.host, options.port)
+    ssl_context = None
+    if options.tls_cert:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(options.tls_cert, options.tls_key)
+    site = web.TCPSite(runner, options.host, options.port, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError:
@@ -274,5 +285,5 @@ async def start_sandbox(options: SandboxOptions) -> RunningSandbox:
         raise
     port = int(runner.addresses[0][1])
     host = f"[{options.host}]" if ":" in options.host else options.host
-    server.base_url = f"http://{host}:{port}"
+    server.base_url = f"{server.scheme}://{host}:{port}"
     return RunningSandbox(server, runner, port)

@@ -143,7 +143,7 @@ def test_bad_orders_are_parked_with_a_reason_and_the_others_flow(
 def test_sigkill_mid_flight_then_restart_gives_exactly_one_invoice_each(
     shop_dsn: str, sandbox: harness.Sandbox, start_daemon: StartDaemon
 ) -> None:
-    sandbox.configure(latency_ms=400)  # slow platform: the kill lands inside platform calls
+    sandbox.configure(latency_ms=600)  # slow platform: the kill lands inside platform calls
     first = start_daemon(
         shop_dsn, sandbox, name="first", concurrency=16, lease_seconds=5.0, poll_interval=0.2
     )
@@ -157,7 +157,7 @@ def test_sigkill_mid_flight_then_restart_gives_exactly_one_invoice_each(
             ).fetchone()
             in_flight = int(row[0]) if row else 0
             time.sleep(0.05)
-    time.sleep(0.2)
+    time.sleep(0.6)  # the first calls acted at the platform, their answers are on the way
     first.kill()  # SIGKILL: no drain, claims held, issue calls in flight
     assert in_flight > 0, "the kill should land while requests are in flight:\n" + first.output()
     start_daemon(

@@ -1,0 +1,119 @@
+"""TLS verification is on by default: a platform with an unknown CA is refused until its CA
+is configured (provider.ca_file)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from cdc_invoice import demo, harness
+
+StartDaemon = Callable[..., harness.Proc]
+
+
+def make_ca_and_server_cert(folder: Path) -> tuple[Path, Path, Path]:
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cdc-invoice test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = folder / "server.pem", folder / "server.key", folder / "ca.pem"
+    paths[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    paths[1].chmod(0o600)
+    paths[2].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return paths
+
+
+@pytest.fixture
+def tls_sandbox(tmp_path: Path) -> Iterator[harness.Sandbox]:
+    sb = harness.start_sandbox(tmp_path / "sb", tls=make_ca_and_server_cert(tmp_path))
+    yield sb
+    sb.proc.stop()
+
+
+def test_daemon_refuses_an_unknown_ca_and_accepts_the_configured_one(
+    shop_dsn: str, tls_sandbox: harness.Sandbox, tmp_path: Path
+) -> None:
+    assert tls_sandbox.url.startswith("https://")
+    untrusting = harness.start_daemon(
+        harness.write_config(tmp_path / "a.toml", dsn=shop_dsn, sandbox=tls_sandbox)
+    )
+    orders = demo.ship_orders(shop_dsn, 3)
+    try:
+        deadline = time.monotonic() + 20
+        errors: list[str] = []
+        while time.monotonic() < deadline and not errors:
+            with psycopg.connect(shop_dsn) as conn:
+                errors = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT last_error FROM cdc_invoice.request WHERE last_error IS NOT NULL"
+                    )
+                ]
+            time.sleep(0.2)
+    finally:
+        untrusting.stop()
+    assert errors and "certificate" in errors[0].lower(), errors
+    assert tls_sandbox.invoices() == []  # nothing reached the platform
+
+    trusting = harness.start_daemon(
+        harness.write_config(
+            tmp_path / "b.toml",
+            dsn=shop_dsn,
+            sandbox=tls_sandbox,
+            provider={"ca_file": str(tls_sandbox.verify)},
+            daemon={"max_backoff_seconds": 1.0},
+        )
+    )
+    try:
+        with psycopg.connect(shop_dsn, autocommit=True) as conn:
+            conn.execute("UPDATE cdc_invoice.request SET run_after = now()")  # skip the backoff
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if demo.verify_invoices(shop_dsn, orders, tls_sandbox) == []:
+                break
+            time.sleep(0.3)
+    finally:
+        trusting.stop()
+    assert demo.verify_invoices(shop_dsn, orders, tls_sandbox) == []
