@@ -6,22 +6,27 @@ import time
 from collections.abc import Callable
 from decimal import Decimal
 
+import httpx
 import psycopg
 import pytest
 
-from cdc_invoice import demo, harness
+from cdc_invoice import harness
 
 StartDaemon = Callable[..., harness.Proc]
 
 
-def wait_requests(dsn: str, kind: str, n: int, timeout: float = 60.0) -> list[tuple[str, str | None]]:
+def wait_requests(
+    dsn: str, kind: str, n: int, timeout: float = 60.0
+) -> list[tuple[str, str | None]]:
     """Wait until ``n`` requests of ``kind`` are finished; return their (state, last_error)."""
     deadline = time.monotonic() + timeout
     with psycopg.connect(dsn, autocommit=True) as conn:
         while True:
             rows = conn.execute(
                 "SELECT state, last_error FROM cdc_invoice.request WHERE kind = %s "
-                "AND state IN ('done', 'failed', 'cancelled') ORDER BY id", (kind,)).fetchall()
+                "AND state IN ('done', 'failed', 'cancelled') ORDER BY id",
+                (kind,),
+            ).fetchall()
             if len(rows) >= n or time.monotonic() > deadline:
                 return [(str(r[0]), r[1]) for r in rows]
             time.sleep(0.2)
@@ -30,18 +35,22 @@ def wait_requests(dsn: str, kind: str, n: int, timeout: float = 60.0) -> list[tu
 def ship(dsn: str, customer: str, lines: list[tuple[str, str, str]]) -> str:
     """Ship one order with lines (sku, quantity, unit price); wait for its invoice number."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("INSERT INTO shop.orders (customer_id) VALUES (%s) RETURNING order_id",
-                           (customer,)).fetchone()
+        row = conn.execute(
+            "INSERT INTO shop.orders (customer_id) VALUES (%s) RETURNING order_id", (customer,)
+        ).fetchone()
         assert row is not None
         oid = row[0]
         for n, (sku, qty, price) in enumerate(lines, start=1):
-            conn.execute("INSERT INTO shop.order_lines VALUES (%s, %s, %s, %s, %s, 0)",
-                         (oid, n, sku, qty, price))
+            conn.execute(
+                "INSERT INTO shop.order_lines VALUES (%s, %s, %s, %s, %s, 0)",
+                (oid, n, sku, qty, price),
+            )
         conn.execute("UPDATE shop.orders SET status = 'shipped' WHERE order_id = %s", (oid,))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            inv = conn.execute("SELECT invoice_number FROM cdc_invoice.invoice WHERE order_ref = %s",
-                               (str(oid),)).fetchone()
+            inv = conn.execute(
+                "SELECT invoice_number FROM cdc_invoice.invoice WHERE order_ref = %s", (str(oid),)
+            ).fetchone()
             if inv:
                 return str(inv[0])
             time.sleep(0.1)
@@ -56,7 +65,9 @@ def sql_error(dsn: str, query: str, *args: object) -> psycopg.Error:
 
 def invoice(dsn: str, number: str) -> dict[str, object]:
     with psycopg.connect(dsn) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-        row = cur.execute("SELECT * FROM cdc_invoice.invoice WHERE invoice_number = %s", (number,)).fetchone()
+        row = cur.execute(
+            "SELECT * FROM cdc_invoice.invoice WHERE invoice_number = %s", (number,)
+        ).fetchone()
         assert row is not None
         return row
 
@@ -66,7 +77,9 @@ def reds_of(dsn: str, number: str) -> list[tuple[object, ...]]:
         return conn.execute(
             "SELECT r.invoice_number, r.total_incl_tax, r.kind, r.status FROM cdc_invoice.invoice r "
             "JOIN cdc_invoice.invoice b ON b.id = r.original_invoice_id WHERE b.invoice_number = %s "
-            "ORDER BY r.id", (number,)).fetchall()
+            "ORDER BY r.id",
+            (number,),
+        ).fetchall()
 
 
 @pytest.fixture
@@ -92,19 +105,32 @@ def test_full_reversal(running: str, sandbox: harness.Sandbox) -> None:
 def test_two_partial_reversals_then_one_too_many(running: str) -> None:
     number = ship(running, "C002", [("P-PAPER", "3", "125.50"), ("P-TEA", "2", "268.00")])
     with psycopg.connect(running, autocommit=True) as conn:
-        conn.execute("""SELECT cdc_invoice.request_reversal(%s, 'sales_return', '[{"line_no": 1, "quantity": 1}]')""", (number,))
+        conn.execute(
+            """SELECT cdc_invoice.request_reversal(%s, 'sales_return', '[{"line_no": 1, "quantity": 1}]')""",
+            (number,),
+        )
     assert wait_requests(running, "reverse", 1) == [("done", None)]
     assert invoice(running, number)["status"] == "partially_reversed"
     with psycopg.connect(running, autocommit=True) as conn:
-        conn.execute("""SELECT cdc_invoice.request_reversal(%s, 'sales_return', '[{"line_no": 1, "quantity": 1}]')""", (number,))
+        conn.execute(
+            """SELECT cdc_invoice.request_reversal(%s, 'sales_return', '[{"line_no": 1, "quantity": 1}]')""",
+            (number,),
+        )
     assert wait_requests(running, "reverse", 2) == [("done", None), ("done", None)]
     assert [r[1] for r in reds_of(running, number)] == [Decimal("-125.50"), Decimal("-125.50")]
-    err = sql_error(running, """SELECT cdc_invoice.request_reversal(%s, 'sales_return', '[{"line_no": 1, "quantity": 2}]')""", number)
+    err = sql_error(
+        running,
+        """SELECT cdc_invoice.request_reversal(%s, 'sales_return', '[{"line_no": 1, "quantity": 2}]')""",
+        number,
+    )
     assert "would exceed the invoiced quantity 3" in str(err)
     assert err.diag.message_hint == "at most 1.00000000 can still be reversed"
     # An allowance by amount on the other line still fits.
     with psycopg.connect(running, autocommit=True) as conn:
-        conn.execute("""SELECT cdc_invoice.request_reversal(%s, 'sales_allowance', '[{"line_no": 2, "amount": 36.00}]')""", (number,))
+        conn.execute(
+            """SELECT cdc_invoice.request_reversal(%s, 'sales_allowance', '[{"line_no": 2, "amount": 36.00}]')""",
+            (number,),
+        )
     assert [s for s, _ in wait_requests(running, "reverse", 3)] == ["done"] * 3
     assert reds_of(running, number)[-1][1] == Decimal("-36.00")
 
@@ -140,11 +166,71 @@ def test_redelivery(running: str) -> None:
 def test_returned_order_is_reversed_by_the_trigger(running: str) -> None:
     number = ship(running, "C002", [("P-LAPTOP", "1", "3099.00")])
     with psycopg.connect(running, autocommit=True) as conn:
-        conn.execute("UPDATE shop.orders SET status = 'returned' WHERE order_id = "
-                     "(SELECT order_ref::bigint FROM cdc_invoice.invoice WHERE invoice_number = %s)",
-                     (number,))
+        conn.execute(
+            "UPDATE shop.orders SET status = 'returned' WHERE order_id = "
+            "(SELECT order_ref::bigint FROM cdc_invoice.invoice WHERE invoice_number = %s)",
+            (number,),
+        )
     deadline = time.monotonic() + 30
     while invoice(running, number)["status"] != "reversed" and time.monotonic() < deadline:
         time.sleep(0.2)
     assert invoice(running, number)["status"] == "reversed"
     assert [r[1] for r in reds_of(running, number)] == [Decimal("-3099.00")]
+
+
+def awaiting_buyer(dsn: str, number: str, timeout: float = 30.0) -> str:
+    """Wait until the reversal of ``number`` waits for the buyer; return the slip's bill_id."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT bill_id, slip_status FROM cdc_invoice.pending_red_slips "
+                "WHERE invoice_number = %s",
+                (number,),
+            ).fetchone()
+            if row and row[1] == "awaiting_buyer":
+                return str(row[0])
+            time.sleep(0.2)
+    raise AssertionError("the slip never waited for the buyer")
+
+
+def nudge(dsn: str) -> None:
+    """What time would do: make waiting requests due now (slips are polled every 30 s)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE cdc_invoice.request SET run_after = now() WHERE state = 'submitted'")
+
+
+def test_slip_waits_for_the_buyer_then_the_red_invoice_follows(
+    running: str, sandbox: harness.Sandbox
+) -> None:
+    sandbox.configure(red_requires_confirmation=True)  # the buyer has used the blue invoice
+    number = ship(running, "C001", [("P-LAPTOP", "1", "3099.00")])
+    with psycopg.connect(running, autocommit=True) as conn:
+        conn.execute("SELECT cdc_invoice.request_reversal(%s, 'sales_return')", (number,))
+    bill_id = awaiting_buyer(running, number)
+    httpx.post(
+        f"{sandbox.url}/_sandbox/slips/{bill_id}/confirm", json={"agree": True}, timeout=10
+    ).raise_for_status()
+    nudge(running)
+    assert wait_requests(running, "reverse", 1) == [("done", None)]
+    assert invoice(running, number)["status"] == "reversed"
+
+
+def test_unconfirmed_slip_expires_after_72_hours(running: str, sandbox: harness.Sandbox) -> None:
+    sandbox.configure(red_requires_confirmation=True)
+    number = ship(running, "C001", [("P-MOUSE", "2", "79.90")])
+    with psycopg.connect(running, autocommit=True) as conn:
+        conn.execute("SELECT cdc_invoice.request_reversal(%s, 'sales_return')", (number,))
+    awaiting_buyer(running, number)
+    httpx.post(
+        f"{sandbox.url}/_sandbox/clock", json={"advance_seconds": 73 * 3600}, timeout=10
+    ).raise_for_status()
+    nudge(running)
+    [(state, error)] = wait_requests(running, "reverse", 1)
+    assert state == "failed" and error is not None and "(07)" in error, error
+    assert invoice(running, number)["status"] == "issued"
+    with psycopg.connect(running) as conn:
+        hint = conn.execute(
+            "SELECT hint FROM cdc_invoice.request WHERE kind = 'reverse'"
+        ).fetchone()
+    assert hint and "72 hours" in str(hint[0])
