@@ -26,20 +26,31 @@ $$;
 -- given by key_expr (e.g. NEW."order_id"), as a JSON array of to_jsonb(row). The capture
 -- trigger, backfill and preview all embed this one expression, so numbers take the same path
 -- everywhere (a real 9.65 becomes the JSON number 9.65 -- its shortest round-trip decimal -- and
--- the daemon reads JSON numbers as Decimal). Same key type: compare natively so an index on
--- the order key serves the query; otherwise compare as text.
+-- the daemon reads JSON numbers as Decimal). order_ref is compared with the key natively when
+-- the types allow it (same type, an = operator between them such as smallint = integer, or
+-- two string types), so an index on the order key serves the query; otherwise as text.
 CREATE OR REPLACE FUNCTION cdc_invoice._document_sql(view regclass, tbl regclass, key text, key_expr text)
 RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT format('coalesce((SELECT jsonb_agg(to_jsonb(d)) FROM %s d WHERE %s), ''[]''::jsonb)',
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_ref    oid;
+    v_key    oid;
+    v_native boolean;
+BEGIN
+    SELECT a.atttypid INTO v_ref FROM pg_attribute a
+     WHERE a.attrelid = view AND a.attname = 'order_ref' AND NOT a.attisdropped;
+    SELECT a.atttypid INTO v_key FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = key AND NOT a.attisdropped;
+    v_native := v_ref = v_key
+        OR EXISTS (SELECT 1 FROM pg_operator o
+                    WHERE o.oprname = '=' AND o.oprleft = v_ref AND o.oprright = v_key)
+        OR ((SELECT t.typcategory FROM pg_type t WHERE t.oid = v_ref) = 'S'
+            AND (SELECT t.typcategory FROM pg_type t WHERE t.oid = v_key) = 'S');
+    RETURN format('coalesce((SELECT jsonb_agg(to_jsonb(d)) FROM %s d WHERE %s), ''[]''::jsonb)',
                   view,
-                  CASE WHEN (SELECT a.atttypid FROM pg_attribute a
-                              WHERE a.attrelid = view AND a.attname = 'order_ref' AND NOT a.attisdropped)
-                          = (SELECT a.atttypid FROM pg_attribute a
-                              WHERE a.attrelid = tbl AND a.attname = key AND NOT a.attisdropped)
-                       THEN format('d.order_ref = %s', key_expr)
-                       ELSE format('d.order_ref::text = (%s)::text', key_expr) END)
-$$;
+                  CASE WHEN v_native THEN format('d.order_ref = %s', key_expr)
+                       ELSE format('d.order_ref::text = (%s)::text', key_expr) END);
+END $$;
 
 -- attach(): capture completed orders of one table. Idempotent: attaching again with the same
 -- or new arguments replaces the triggers. Nothing in the inventory schema changes except the

@@ -35,7 +35,15 @@ BEGIN
             USING ERRCODE = 'CI002', HINT = 'Create the view again (see the DBA guide), then attach the source again.';
     END IF;
     key := s.order_key;
-    key_type := s.key_type;
+    -- The type without its modifier: '...'::varchar(5) would silently cut a longer key.
+    SELECT format_type(a.atttypid, NULL) INTO key_type
+      FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = s.order_key AND a.attnum > 0 AND NOT a.attisdropped;
+    IF key_type IS NULL THEN
+        RAISE EXCEPTION 'order key column % of source % no longer exists in %', quote_literal(s.order_key),
+                        quote_literal(p_source), tbl
+            USING ERRCODE = 'CI002', HINT = 'Attach the source again with the current key column.';
+    END IF;
     issue_when := s.issue_when;
     seller_id := s.seller_id;
 END $$;
