@@ -51,3 +51,7 @@ SELECT source FROM cdc_invoice.source ORDER BY source;
 
 -- name: drop_schema
 DROP SCHEMA cdc_invoice CASCADE;
+
+-- name: reattach_all
+-- After an upgrade: regenerate every attached source's capture function and triggers.
+SELECT * FROM cdc_invoice.reattach();

@@ -87,7 +87,8 @@ DECLARE
     v_fn         text := cdc_invoice.object_name(attach.source, 'capture');
     v_snapshot   text;
     v_old_refs   boolean;
-    v_required   text[] := ARRAY['order_ref', 'line_no', 'quantity', 'unit_price'];
+    -- item_name is what the invoice prints; nothing else can stand in for it.
+    v_required   text[] := ARRAY['order_ref', 'line_no', 'item_name', 'quantity', 'unit_price'];
     v_cols       text[];
 BEGIN
     IF attach.source IS NULL OR length(attach.source) NOT BETWEEN 1 AND 40 THEN
@@ -129,9 +130,6 @@ BEGIN
     SELECT array_agg(a.attname::text) INTO v_cols
       FROM pg_attribute a WHERE a.attrelid = v_view AND a.attnum > 0 AND NOT a.attisdropped;
     SELECT array_agg(r) INTO v_missing FROM unnest(v_required) r WHERE r <> ALL (v_cols);
-    IF NOT (v_cols && ARRAY['item_ref', 'item_name']) THEN
-        v_missing := v_missing || 'item_ref or item_name'::text;
-    END IF;
     IF NOT (v_cols && ARRAY['customer_ref', 'buyer_name']) THEN
         v_missing := v_missing || 'customer_ref or buyer_name'::text;
     END IF;

@@ -8,7 +8,7 @@ Install is one transaction under an advisory lock:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 from psycopg.rows import dict_row
@@ -32,8 +32,12 @@ class InstallResult:
     before: int | None  # version found, None for a fresh install
     after: int
     applied: list[str]
+    notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
+        return "; ".join([self._headline(), *self.notes])
+
+    def _headline(self) -> str:
         if self.before is None:
             return f"installed cdc_invoice schema version {self.after}"
         if self.before == self.after:
@@ -77,7 +81,27 @@ def _install_in(conn: psycopg.Connection[tuple[object, ...]]) -> InstallResult:
                 applied.append(name)
     for name in REPLACEABLE:
         conn.execute(sql_file(name))
-    return InstallResult(before, latest, applied)
+    notes = []
+    if before is not None:
+        notes = _reattach(conn)
+    return InstallResult(before, latest, applied, notes)
+
+
+def _reattach(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
+    """Regenerate attached sources' capture functions with this version's code.
+
+    Creating triggers needs the order tables' owner; when the installer is not, the install
+    still succeeds and says what the owner must run.
+    """
+    try:
+        with conn.transaction():
+            done = [str(r[0]) for r in conn.execute(q("reattach_all", "admin.sql")).fetchall()]
+    except psycopg.errors.InsufficientPrivilege as exc:
+        return [
+            f"attached sources were not refreshed ({exc.diag.message_primary}): "
+            "as the order tables' owner run SELECT * FROM cdc_invoice.reattach()"
+        ]
+    return [f"refreshed capture of {len(done)} attached source(s)"] if done else []
 
 
 def check_version(conn: psycopg.Connection[tuple[object, ...]]) -> int:

@@ -291,7 +291,12 @@ def _parse(
         return parse(raw)
     except ValueError as exc:
         problems.append(
-            Problem(str(exc), line_no, column, fix=f"correct or cast {column} in {_VIEW}")
+            Problem(
+                str(exc),
+                line_no,
+                column,
+                fix=f"correct {column} in {_VIEW}, or cast it there (e.g. {column}::numeric)",
+            )
         )
         return None
 

@@ -169,6 +169,17 @@ def buyer_problems(buyer: Buyer, invoice_line: str) -> list[Problem]:
                 fix="shorten the buyer name",
             )
         )
+    # The platform prints address and phone in one field of at most 100 characters (§2.7).
+    address_phone = len((buyer.address or "").strip()) + len((buyer.phone or "").strip())
+    if address_phone > 100:
+        problems.append(
+            Problem(
+                f"the buyer's address and phone have {address_phone} characters together, "
+                "more than the platform's 100",
+                field="buyer_address",
+                fix="shorten address or phone in cdc_invoice.buyer",
+            )
+        )
     tax_number = buyer.tax_number
     if tax_number:
         if not TAX_NUMBER.fullmatch(tax_number):

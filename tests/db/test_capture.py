@@ -184,7 +184,7 @@ def test_many_concurrent_completions_send_far_fewer_notifications(shop_dsn: str)
         ({"table": "invoicing.shop_document"}, "is not a table"),
         ({"key": "id"}, "column 'id' does not exist in shop.orders"),
         ({"doc": "invoicing.nope"}, "document view 'invoicing.nope' does not exist"),
-        ({"doc": "shop.customers"}, "lacks column(s): order_ref, line_no, quantity, unit_price"),
+        ({"doc": "shop.customers"}, "lacks column(s): order_ref, line_no, item_name, quantity, unit_price"),
         ({"seller": "ghost"}, "seller 'ghost' does not exist"),
         ({"when": "NEW.status = "}, "issue_when is not a valid condition"),
         ({"when": "NEW.nope = 1"}, "issue_when is not a valid condition"),
@@ -238,7 +238,7 @@ def test_chinese_identifiers_text_keys_and_odd_source_names(installed_dsn: str) 
             CREATE TABLE "进销存"."销售明细" ("单号" text, "行号" int, "商品" text, "数量" numeric, "单价" numeric);
             CREATE VIEW "进销存"."发票视图" AS
               SELECT d."单号" AS order_ref, h."客户" AS customer_ref, d."行号" AS line_no,
-                     d."商品" AS item_ref, d."数量" AS quantity, d."单价" AS unit_price
+                     d."商品" AS item_ref, d."商品" AS item_name, d."数量" AS quantity, d."单价" AS unit_price
                 FROM "进销存"."销售明细" d JOIN "进销存"."销售单" h USING ("单号");
             INSERT INTO cdc_invoice.seller (seller_id, tax_number, name) VALUES ('main', '339902999999789113', 'x');
         """)

@@ -183,7 +183,7 @@ def test_money_column_in_the_view_is_refused_with_the_cast_to_use(installed_dsn:
             CREATE TABLE inv.orders (id int PRIMARY KEY, status text);
             CREATE TABLE inv.lines (id int, price money);
             CREATE VIEW inv.doc AS SELECT o.id AS order_ref, 'C1' AS customer_ref, 1 AS line_no,
-                   'ITEM' AS item_ref, 1 AS quantity, l.price AS unit_price
+                   'ITEM' AS item_ref, 'Item' AS item_name, 1 AS quantity, l.price AS unit_price
               FROM inv.orders o JOIN inv.lines l USING (id);
             {SELLER};
         """)

@@ -108,6 +108,7 @@ def test_cli_install_verify_uninstall(shop_dsn: str) -> None:
     runner = CliRunner()
     r = runner.invoke(main, ["install", "--dsn", shop_dsn])
     assert r.exit_code == 0 and "is current" in r.output, r.output
+    assert "refreshed capture of 1 attached source(s)" in r.output
     r = runner.invoke(main, ["verify", "--dsn", shop_dsn])
     assert r.exit_code == 0, r.output
     with psycopg.connect(shop_dsn, autocommit=True) as conn:

@@ -233,3 +233,14 @@ def test_unparseable_document_values(changes: dict[str, Any], fragment: str) -> 
     assert not isinstance(err.value, MappingError)
     assert any(fragment in p.message for p in err.value.problems), err.value.problems
     assert all(p.fix for p in err.value.problems)
+
+
+def test_buyer_address_and_phone_together_at_most_100_characters() -> None:
+    from cdc_invoice.invoice.validate import buyer_problems
+
+    ok = Buyer(name="杭州示例贸易有限公司", address="杭" * 80, phone="0571-77777777")
+    assert buyer_problems(ok, "pc") == []
+    long = replace(ok, address="杭" * 95)
+    [problem] = buyer_problems(long, "pc")
+    assert "address and phone have 108 characters together" in problem.message
+    assert problem.fix and "cdc_invoice.buyer" in problem.fix
