@@ -15,6 +15,16 @@ DROP TRIGGER IF EXISTS event_append_only ON cdc_invoice.event;
 CREATE TRIGGER event_append_only BEFORE UPDATE OR DELETE ON cdc_invoice.event
     FOR EACH ROW EXECUTE FUNCTION cdc_invoice.event_append_only();
 
+-- The platform order number (idempotency key) of a request: 'CI', the installation's tag, the
+-- generation (0-9A-Z) and the request id: 18 characters, plus a 2-digit part when sent.
+CREATE OR REPLACE FUNCTION cdc_invoice.platform_order_no(p_id bigint, p_generation integer)
+RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'CI' || i.tag || substr('0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ', p_generation % 36 + 1, 1)
+           || lpad(p_id::text, 11, '0')
+      FROM cdc_invoice.installation i
+$$;
+
 -- Names of the objects attach() generates for a source: derived from a hash of the source
 -- name, so any source name (quotes, spaces, Chinese) yields safe, short identifiers.
 CREATE OR REPLACE FUNCTION cdc_invoice.object_name(source text, suffix text) RETURNS text
@@ -292,14 +302,28 @@ BEGIN
     RETURN format('detached %s', detach.source);
 END $$;
 
--- retry(): put a failed (or cancelled) request back in the queue, now.
+-- Whether retrying a failed request needs a new platform order number: the platform refused
+-- it (E9…) or failed the invoice (ISSUE_FAILED), so its number is burned (E9106 on reuse) and
+-- no invoice exists under it. Never for other failures (e.g. an invoice found under our number
+-- that differs from the order): a new number could then mean a second invoice.
+CREATE OR REPLACE FUNCTION cdc_invoice._number_burned(error_code text) RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(error_code = 'ISSUE_FAILED' OR (error_code ~ '^E9' AND error_code <> 'E9106'), false)
+$$;
+
+-- retry(): put a failed (or cancelled) request back in the queue, now. Runs with the owner's
+-- rights so that cdc_invoice_operator needs EXECUTE only.
 CREATE OR REPLACE FUNCTION cdc_invoice.retry(request_id bigint) RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_id bigint;
 BEGIN
     UPDATE cdc_invoice.request r
        SET state = 'pending', run_after = now(), retries = 0, claimed_by = NULL, lease_until = NULL,
+           generation = r.generation + CASE WHEN cdc_invoice._number_burned(r.error_code) THEN 1 ELSE 0 END,
+           platform_order_no = CASE WHEN cdc_invoice._number_burned(r.error_code) THEN NULL
+                                    ELSE r.platform_order_no END,
+           progress = CASE WHEN cdc_invoice._number_burned(r.error_code) THEN NULL ELSE r.progress END,
            last_error = NULL, error_code = NULL, hint = NULL, updated_at = now()
      WHERE r.id = retry.request_id AND r.state IN ('failed', 'cancelled')
     RETURNING r.id INTO v_id;
@@ -307,27 +331,24 @@ BEGIN
         RAISE EXCEPTION 'request % is not failed or cancelled', retry.request_id
             USING ERRCODE = 'CI005', HINT = 'SELECT id, state FROM cdc_invoice.request WHERE state = ''failed''';
     END IF;
-    INSERT INTO cdc_invoice.event (request_id, event) VALUES (v_id, 'request.retried');
+    INSERT INTO cdc_invoice.event (actor, request_id, event) VALUES (session_user, v_id, 'request.retried');
     PERFORM pg_notify('cdc_invoice', '');
     RETURN v_id;
 END $$;
 
 -- retry_failed(): every failed request (of one source) back in the queue. Returns the count.
 CREATE OR REPLACE FUNCTION cdc_invoice.retry_failed(source text DEFAULT NULL) RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_n bigint;
+    v_n bigint := 0;
+    v_id bigint;
 BEGIN
-    WITH retried AS (
-        UPDATE cdc_invoice.request r
-           SET state = 'pending', run_after = now(), retries = 0, claimed_by = NULL,
-               lease_until = NULL, last_error = NULL, error_code = NULL, hint = NULL, updated_at = now()
-         WHERE r.state = 'failed' AND (retry_failed.source IS NULL OR r.source = retry_failed.source)
-        RETURNING r.id
-    ), logged AS (
-        INSERT INTO cdc_invoice.event (request_id, event) SELECT id, 'request.retried' FROM retried
-    )
-    SELECT count(*) INTO v_n FROM retried;
-    PERFORM pg_notify('cdc_invoice', '');
+    FOR v_id IN SELECT r.id FROM cdc_invoice.request r
+                 WHERE r.state = 'failed' AND (retry_failed.source IS NULL OR r.source = retry_failed.source)
+                 ORDER BY r.id
+    LOOP
+        PERFORM cdc_invoice.retry(v_id);
+        v_n := v_n + 1;
+    END LOOP;
     RETURN v_n;
 END $$;

@@ -24,7 +24,7 @@ UPDATE cdc_invoice.request r
        lease_until = now() + make_interval(secs => %(lease_seconds)s),
        run_after = now() + make_interval(secs => %(lease_seconds)s),
        platform_order_no = coalesce(r.platform_order_no,
-           'CI' || (SELECT tag FROM cdc_invoice.installation) || lpad(r.id::text, 12, '0')),
+                                    cdc_invoice.platform_order_no(r.id, r.generation)),
        updated_at = now()
   FROM due
  WHERE r.id = due.id
@@ -239,7 +239,7 @@ UPDATE cdc_invoice.request r
        lease_until = now() + make_interval(secs => %(lease_seconds)s),
        run_after = now() + make_interval(secs => %(lease_seconds)s),
        platform_order_no = coalesce(r.platform_order_no,
-           'CI' || (SELECT tag FROM cdc_invoice.installation) || lpad(r.id::text, 12, '0')),
+                                    cdc_invoice.platform_order_no(r.id, r.generation)),
        updated_at = now()
  WHERE r.id = (SELECT id FROM cdc_invoice.request
                 WHERE id = %(id)s

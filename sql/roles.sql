@@ -42,7 +42,8 @@ BEGIN
             TO cdc_invoice_daemon;
         GRANT SELECT, INSERT ON cdc_invoice.event, cdc_invoice.reconciliation TO cdc_invoice_daemon;
         -- a whole-order reversal (attach's reverse_when) becomes one request per invoice
-        GRANT EXECUTE ON FUNCTION cdc_invoice.request_reversal(text, text, jsonb) TO cdc_invoice_daemon;
+        GRANT EXECUTE ON FUNCTION cdc_invoice.request_reversal(text, text, jsonb),
+            cdc_invoice.platform_order_no(bigint, integer) TO cdc_invoice_daemon;
     END IF;
 END $$;
 -- Everything else in the schema is reachable only through these grants: no PUBLIC access to

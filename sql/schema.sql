@@ -97,6 +97,7 @@ CREATE TABLE cdc_invoice.request (
     document          jsonb,          -- issue: the order's document snapshot at commit
     params            jsonb,          -- reverse/void/deliver/refresh: what was asked
     invoice_id        bigint,         -- reverse/void/deliver/refresh: the invoice concerned
+    generation        integer NOT NULL DEFAULT 0,   -- bumped by retry() after a platform refusal
     attempt           integer NOT NULL DEFAULT 0,   -- claims so far (fencing token with claimed_by)
     retries           integer NOT NULL DEFAULT 0,   -- retryable errors so far (drives backoff)
     run_after         timestamptz NOT NULL DEFAULT now(),

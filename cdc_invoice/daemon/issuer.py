@@ -44,6 +44,17 @@ log = logging.getLogger(__name__)
 __all__ = ["Issuer", "SellerCache"]  # SellerCache: for callers that built on this module
 
 
+# Our codes for a request the platform accepted and then failed (status 22/24). retry() gives
+# an ISSUE_FAILED request a new order number (the old one is burned); a PARTIAL_ISSUE (some parts
+# of a split order issued) keeps its numbers, so that the issued parts are never issued again.
+ISSUE_FAILED = "ISSUE_FAILED"
+ISSUE_FAILED_HINT = "fix the cause shown, then SELECT cdc_invoice.retry(<request id>)"
+PARTIAL_ISSUE = "PARTIAL_ISSUE"
+PARTIAL_HINT = (
+    "some parts were issued: check them with cdc-invoice reconcile; a retry keeps the order "
+    "numbers and cannot re-issue the failed part, so reverse the issued parts and re-ship the order"
+)
+
 # Platform codes that mean "that order number exists already": resolve by querying, never fail.
 ALREADY_EXISTS = {"E9106"}
 
@@ -137,10 +148,11 @@ class Issuer(Handler):
                         order_ref=req.order_ref,
                     )
                 if existing.status == "failed":
+                    partial = any(f.status == "issued" for f in found.values())
                     raise ProviderRejected(
                         f"the platform failed invoice {existing.serial}: {existing.fail_cause}",
-                        code="ISSUE_FAILED",
-                        hint="fix the cause, then SELECT cdc_invoice.retry(id)",
+                        code=PARTIAL_ISSUE if partial else ISSUE_FAILED,
+                        hint=PARTIAL_HINT if partial else ISSUE_FAILED_HINT,
                     )
                 self.stats.adopted += 1
                 parts.append(
@@ -232,13 +244,14 @@ class Issuer(Handler):
             if failed:
                 p, s = failed[0]
                 assert s is not None
+                partial = len(failed) < len(parts)
                 await self._fail(
                     req,
                     fence,
                     f"the platform did not issue order {req.order_ref!r} part {p['part']} "
                     f"({p['order_no']}): status {s.status_code} {s.fail_cause or ''}".strip(),
-                    "ISSUE_FAILED",
-                    "fix the cause shown, then SELECT cdc_invoice.retry(id)",
+                    PARTIAL_ISSUE if partial else ISSUE_FAILED,
+                    PARTIAL_HINT if partial else ISSUE_FAILED_HINT,
                 )
                 continue
             rows = []

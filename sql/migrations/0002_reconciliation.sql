@@ -20,6 +20,10 @@ CREATE TABLE cdc_invoice.reconciliation (
 );
 CREATE INDEX reconciliation_day_idx ON cdc_invoice.reconciliation (day, run_at);
 
+-- A request the platform refused or failed keeps its number burned (E9106 on reuse): retry()
+-- moves it to the next generation, which is part of the platform order number.
+ALTER TABLE cdc_invoice.request ADD COLUMN generation integer NOT NULL DEFAULT 0;
+
 -- Paper invoices (es/ec) also have a 发票代码 and an 8-digit number: void and delivery need them.
 ALTER TABLE cdc_invoice.invoice ADD COLUMN paper_code text, ADD COLUMN paper_number text;
 

@@ -182,3 +182,28 @@ def test_sigterm_drains_and_exits_cleanly(
     assert wait_done(shop_dsn, 5) == (5, 0)
     assert daemon.stop() == 0
     assert "stopped: issued 5" in daemon.output()
+
+
+def test_platform_failure_is_parked_and_a_retry_issues_under_a_new_number(
+    shop_dsn: str, sandbox: harness.Sandbox, start_daemon: StartDaemon
+) -> None:
+    sandbox.configure(fault_issue_fail=1.0)  # accepted, then status 22 (e.g. quota exhausted)
+    start_daemon(shop_dsn, sandbox)
+    [order] = demo.ship_orders(shop_dsn, 1)
+    assert wait_done(shop_dsn, 1) == (0, 1)
+    with psycopg.connect(shop_dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT id, error_code, platform_order_no, hint FROM cdc_invoice.request"
+        ).fetchone()
+        assert row is not None and row[1] == "ISSUE_FAILED" and "retry" in row[3]
+        sandbox.configure(fault_issue_fail=0.0)  # the cause is fixed
+        conn.execute("SELECT cdc_invoice.retry(%s)", (row[0],))
+    assert wait_done(shop_dsn, 1) == (1, 0)
+    with psycopg.connect(shop_dsn) as conn:
+        new_no = conn.execute("SELECT platform_order_no FROM cdc_invoice.request").fetchone()
+    assert new_no is not None and new_no[0] != row[2] and len(new_no[0]) == 18
+    at_platform = sandbox.invoices()
+    assert sorted(i["status"] for i in at_platform) == ["2", "22"], at_platform
+    issued = [i for i in at_platform if i["status"] == "2"]
+    assert issued[0]["orderNo"].startswith(new_no[0])
+    assert demo.verify_invoices(shop_dsn, [order], sandbox) == []
