@@ -58,4 +58,30 @@ def plan_parts(
         parts[-1].append(group)
         lines += size
         amount += value
+    return _no_zero_parts(parts, max_lines=max_lines, max_amount=max_amount)
+
+
+def _no_zero_parts(
+    parts: list[list[Group]], *, max_lines: int, max_amount: Decimal | None
+) -> list[list[Group]]:
+    """A part worth nothing (only lines discounted to zero) cannot be an invoice: the platform
+    refuses a blue invoice whose total is not positive. Pull the previous part's trailing groups
+    into it, up to and including one with value, while both limits hold (order is kept)."""
+    for n in range(1, len(parts)):
+        part, previous = parts[n], parts[n - 1]
+        if sum((group_amount(g) for g in part), money.ZERO) > 0:
+            continue
+        moved: list[Group] = []
+        while previous:
+            moved.insert(0, previous.pop())
+            if group_amount(moved[0]) > 0:
+                break
+        candidate = moved + part
+        lines = sum(len(g) for g in candidate)
+        amount = sum((group_amount(g) for g in candidate), money.ZERO)
+        fits = lines <= max_lines and (max_amount is None or amount <= max_amount)
+        if fits and amount > 0 and any(group_amount(g) > 0 for g in previous):
+            parts[n] = candidate
+        else:
+            previous.extend(moved)  # cannot: check_invoice reports the zero part
     return parts

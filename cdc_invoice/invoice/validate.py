@@ -436,6 +436,15 @@ def check_invoice(
     ):
         if total != sum((_amount(ln, field) for ln in lines), money.ZERO):
             problems.append(Problem(f"total {field} is not the sum of the lines", fix=_INTERNAL))
+    if draft.kind == "blue" and draft.total_incl_tax <= 0:
+        problems.append(
+            Problem(
+                f"invoice part {draft.part} of {draft.parts} would hold only lines discounted to "
+                "zero, and the platform refuses a blue invoice whose total is not positive",
+                fix="raise cdc_invoice.seller.max_lines so that those lines share an invoice "
+                "with others, or leave free lines out of the document view",
+            )
+        )
     if max_amount is not None and draft.total_incl_tax > max_amount:
         problems.append(
             Problem(f"invoice total {draft.total_incl_tax} exceeds {max_amount}", fix=_INTERNAL)

@@ -10,7 +10,15 @@ import pytest
 
 from cdc_invoice.errors import InvalidOrder
 from cdc_invoice.invoice.compute import build_invoices
-from cdc_invoice.invoice.model import Buyer, InvoiceDraft, LineProperty, Order, OrderLine, Seller
+from cdc_invoice.invoice.model import (
+    Buyer,
+    InvoiceDraft,
+    InvoiceLine,
+    LineProperty,
+    Order,
+    OrderLine,
+    Seller,
+)
 
 D = Decimal
 SELLER = Seller("main", "339902999999789113", "航信培训企业")
@@ -280,3 +288,32 @@ def test_tax_drift_is_balanced_even_when_no_line_keeps_the_derived_excl_price() 
     drift = sum(x.amount_excl_tax * x.tax_rate for x in draft.lines) - draft.total_tax
     assert abs(drift) <= D("1.00")
     assert draft.total_incl_tax == D("160.00")
+
+
+def test_a_line_discounted_to_zero_never_stands_alone_on_an_invoice() -> None:
+    """Found by the end-to-end test against the sandbox: split parts must be worth something."""
+    from cdc_invoice.invoice.split import plan_parts
+
+    def line(n: int, incl: str) -> InvoiceLine:
+        return InvoiceLine(
+            line_no=n,
+            source_line_no=n,
+            item_ref="x",
+            name="x",
+            tax_code="1" * 19,
+            tax_rate=Decimal("0.13"),
+            quantity=Decimal(1),
+            unit_price=Decimal(1),
+            price_includes_tax=True,
+            amount_excl_tax=Decimal(incl),
+            tax=Decimal(0),
+            amount_incl_tax=Decimal(incl),
+        )
+
+    paid, free_pair = (line(1, "1.00"),), (line(2, "1.00"), line(3, "-1.00"))
+    assert plan_parts([paid, paid, free_pair], max_lines=3, max_amount=None) == [
+        [paid],
+        [paid, free_pair],
+    ]
+    # No room to share: the zero part stays, and check_invoice names it for the user.
+    assert plan_parts([paid, free_pair], max_lines=2, max_amount=None) == [[paid], [free_pair]]

@@ -223,7 +223,14 @@ def test_random_orders_satisfy_every_rule(case: tuple[list[GenLine], int, Seller
         with pytest.raises(InvalidOrder, match="total after discounts is 0"):
             build_invoices(order, seller)
         return
-    drafts = build_invoices(order, seller)
+    try:
+        drafts = build_invoices(order, seller)
+    except InvalidOrder as exc:
+        # The one refusal a valid order may meet: with a tiny max_lines, lines discounted to
+        # zero can be left alone on a part, which the platform would refuse (total 0).
+        assert all("discounted to zero" in p.message for p in exc.problems), exc
+        assert seller.max_lines < 10
+        return
     event(f"lines {'≥ 100' if len(lines) >= 100 else '< 100'}, parts {min(len(drafts), 3)}")
     event(f"order discount {'yes' if order.order_discount else 'no'}")
     for draft in drafts:
