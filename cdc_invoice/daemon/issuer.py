@@ -87,20 +87,33 @@ class Issuer(Handler):
             return
         progress = {"parts": parts}
         serial = parts[0]["serial"] if len(parts) == 1 else None
-        ok = await self.repo.mark_submitted(
-            fence,
-            progress,
-            serial,
-            self.result_poll_seconds,
-            event={
-                "event": "platform.submitted",
-                "source": req.source,
-                "order_ref": req.order_ref,
-                "detail": {
-                    "parts": [{k: p[k] for k in ("order_no", "serial", "adopted")} for p in parts]
+        try:
+            ok = await self.repo.mark_submitted(
+                fence,
+                progress,
+                serial,
+                self.result_poll_seconds,
+                event={
+                    "event": "platform.submitted",
+                    "source": req.source,
+                    "order_ref": req.order_ref,
+                    "detail": {
+                        "parts": [
+                            {k: p[k] for k in ("order_no", "serial", "adopted")} for p in parts
+                        ]
+                    },
                 },
-            },
-        )
+            )
+        except DatabaseUnavailable as exc:
+            # The platform has it; when the lease expires the next holder asks by order number
+            # and adopts it. Nothing is lost and nothing is issued twice.
+            log.warning(
+                "request %s: accepted by the platform, not recorded yet (%s); it will "
+                "be adopted after its lease expires",
+                req.id,
+                exc,
+            )
+            return
         if not ok:
             log.warning(
                 "request %s lost its lease while submitting; the new holder adopts it", req.id

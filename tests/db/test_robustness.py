@@ -216,7 +216,7 @@ def test_money_as_text_reaches_the_domain_as_a_clear_problem(installed_dsn: str)
     assert not result.ok
     [problem] = result.problems
     assert problem.field == "unit_price" and "is not a number" in problem.message
-    assert problem.fix is not None and "cast unit_price in the document view" in problem.fix
+    assert problem.fix is not None and "cast it there (e.g. unit_price::numeric)" in problem.fix
 
 
 # --- Chinese identifiers and dates stored as text ----------------------------------------
