@@ -173,6 +173,9 @@ BEGIN
     -- The capture function runs at commit (deferred constraint trigger), so the snapshot sees
     -- order lines written later in the same transaction. It runs as the schema owner so the
     -- application role needs no rights on cdc_invoice, hence the pinned search_path.
+    -- It must never make the inventory's COMMIT fail: if the snapshot raises (the view divides
+    -- by zero, a column was renamed after attach, …) the order is recorded as a failed request
+    -- with the error and the row, and cdc_invoice.retry() takes the snapshot again once fixed.
     EXECUTE format($f$
         CREATE OR REPLACE FUNCTION cdc_invoice.%1$I() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
@@ -195,6 +198,16 @@ BEGIN
             IF pg_try_advisory_xact_lock(1128547145, 1) THEN
                 PERFORM pg_notify('cdc_invoice', '');
             END IF;
+            RETURN NULL;
+        EXCEPTION WHEN OTHERS THEN
+            INSERT INTO cdc_invoice.request (source, order_ref, kind, state, last_error,
+                                             error_code, hint, params)
+            VALUES (%2$L, coalesce(to_jsonb(NEW) ->> %3$L, 'unknown:' || md5(to_jsonb(NEW)::text)),
+                    TG_ARGV[0], 'failed',
+                    'capture failed: ' || SQLERRM, 'CAPTURE',
+                    'fix the document view or re-attach the source, then SELECT cdc_invoice.retry(<id>)',
+                    jsonb_build_object('sqlstate', SQLSTATE, 'row', to_jsonb(NEW)))
+            ON CONFLICT (source, order_ref, kind, seq) DO NOTHING;
             RETURN NULL;
         END
         $body$ $f$, v_fn, attach.source, order_key, issue_when, v_snapshot);
@@ -316,8 +329,16 @@ $$;
 CREATE OR REPLACE FUNCTION cdc_invoice.retry(request_id bigint) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_id bigint;
+    v_id  bigint;
+    v_req cdc_invoice.request;
+    v_doc jsonb;
 BEGIN
+    SELECT * INTO v_req FROM cdc_invoice.request r WHERE r.id = retry.request_id FOR UPDATE;
+    IF v_req.error_code = 'CAPTURE' AND v_req.kind = 'issue' AND v_req.state = 'failed' THEN
+        -- The trigger could not take the snapshot at commit: take it now (raises if still broken).
+        SELECT d.document INTO v_doc FROM cdc_invoice.order_document(v_req.source, v_req.order_ref) d;
+        UPDATE cdc_invoice.request r SET document = v_doc WHERE r.id = v_req.id;
+    END IF;
     UPDATE cdc_invoice.request r
        SET state = 'pending', run_after = now(), retries = 0, claimed_by = NULL, lease_until = NULL,
            generation = r.generation + CASE WHEN cdc_invoice._number_burned(r.error_code) THEN 1 ELSE 0 END,

@@ -184,7 +184,10 @@ def test_many_concurrent_completions_send_far_fewer_notifications(shop_dsn: str)
         ({"table": "invoicing.shop_document"}, "is not a table"),
         ({"key": "id"}, "column 'id' does not exist in shop.orders"),
         ({"doc": "invoicing.nope"}, "document view 'invoicing.nope' does not exist"),
-        ({"doc": "shop.customers"}, "lacks column(s): order_ref, line_no, item_name, quantity, unit_price"),
+        (
+            {"doc": "shop.customers"},
+            "lacks column(s): order_ref, line_no, item_name, quantity, unit_price",
+        ),
         ({"seller": "ghost"}, "seller 'ghost' does not exist"),
         ({"when": "NEW.status = "}, "issue_when is not a valid condition"),
         ({"when": "NEW.nope = 1"}, "issue_when is not a valid condition"),
@@ -259,3 +262,40 @@ def test_chinese_identifiers_text_keys_and_odd_source_names(installed_dsn: str) 
             "SELECT source, order_ref, jsonb_array_length(document) FROM cdc_invoice.request"
         ).fetchone()
         assert row == ("销售 'quoted\"", "SO-001", 1)
+
+
+def test_a_failing_snapshot_never_blocks_the_inventory_commit(shop_dsn: str) -> None:
+    with psycopg.connect(shop_dsn, autocommit=True) as conn:
+        # The DBA's view divides by zero for a line without quantity.
+        conn.execute("""CREATE OR REPLACE VIEW invoicing.shop_document AS
+            SELECT o.order_id AS order_ref, o.customer_id AS customer_ref, l.line_no,
+                   l.sku AS item_ref, p.name AS item_name, p.spec, p.unit, l.quantity,
+                   (l.unit_price * (l.quantity / l.quantity))::numeric(12,2) AS unit_price,
+                   true AS price_includes_tax, l.discount
+              FROM shop.orders o JOIN shop.order_lines l ON l.order_id = o.order_id
+              JOIN shop.products p ON p.sku = l.sku""")
+        oid = new_order(conn, lines=0)
+        conn.execute("INSERT INTO shop.order_lines VALUES (%s, 1, 'P-MOUSE', 0, 79.90, 0)", (oid,))
+        conn.execute(
+            "UPDATE shop.orders SET status = 'shipped' WHERE order_id = %s", (oid,)
+        )  # commits
+        assert conn.execute(
+            "SELECT status FROM shop.orders WHERE order_id = %s", (oid,)
+        ).fetchone() == ("shipped",)
+        row = conn.execute(
+            "SELECT id, state, error_code, last_error, params ? 'row' FROM cdc_invoice.request"
+        ).fetchone()
+        assert (
+            row is not None
+            and row[1:3] == ("failed", "CAPTURE")
+            and "division by zero" in row[3]
+            and row[4]
+        )
+        with pytest.raises(psycopg.Error, match="division by zero"):
+            conn.execute("SELECT cdc_invoice.retry(%s)", (row[0],))  # still broken: says why
+        conn.execute("UPDATE shop.order_lines SET quantity = 1 WHERE order_id = %s", (oid,))
+        conn.execute("SELECT cdc_invoice.retry(%s)", (row[0],))
+        fixed = conn.execute(
+            "SELECT state, jsonb_array_length(document) FROM cdc_invoice.request"
+        ).fetchone()
+        assert fixed == ("pending", 1)
