@@ -217,6 +217,8 @@ def _line(
         unit=_text(row.get("unit")),
         short_name=item.short_name if item else None,
         policy_flag=item.policy_flag if item else None,
+        tax_from_view=_text(row.get("tax_code")) is not None
+        or _text(row.get("tax_rate")) is not None,
     )
 
 

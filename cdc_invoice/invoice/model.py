@@ -77,6 +77,7 @@ class OrderLine:
     unit: str | None = None
     short_name: str | None = None
     policy_flag: str | None = None
+    tax_from_view: bool = False  # the document view gave tax_code/tax_rate (overriding item_tax)
 
 
 @dataclass(frozen=True, slots=True)

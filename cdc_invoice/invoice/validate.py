@@ -305,7 +305,13 @@ def _tax_problems(line: OrderLine) -> list[Problem]:
         problems.append(Problem(message, line_no=line.line_no, field=field, fix=fix))
 
     item = f"item {line.item_ref!r}" if line.item_ref else "the item"
-    set_rate = f"set tax_rate of {item} in cdc_invoice.item_tax"
+    # The fix names where the value came from: the view's column wins over the mapping table.
+    where = (
+        f"in {_VIEW} (its column overrides cdc_invoice.item_tax)"
+        if line.tax_from_view
+        else "in cdc_invoice.item_tax"
+    )
+    set_rate = f"set tax_rate of {item} {where}"
     rate, flag, code = line.tax_rate, line.policy_flag or None, line.tax_code or ""
     if not rate.is_finite():
         add(f"tax rate {rate} is not a number", "tax_rate", f"{set_rate} to a number")
@@ -319,7 +325,7 @@ def _tax_problems(line: OrderLine) -> list[Problem]:
         else:
             allowed = ", ".join(str(r) for r in sorted(ALLOWED_RATES, reverse=True))
             add(f"tax rate {rate} is not an allowed rate", "tax_rate", f"{set_rate} to {allowed}")
-    set_flag = f"set policy_flag of {item} in cdc_invoice.item_tax"
+    set_flag = f"set policy_flag of {item} in cdc_invoice.item_tax"  # only the mapping has it
     if flag is not None and flag not in POLICY_FLAGS:
         add(
             f"policy flag {flag!r} is not a 数电 favouredPolicyFlag (01–18)",
@@ -344,7 +350,7 @@ def _tax_problems(line: OrderLine) -> list[Problem]:
             "policy_flag",
             f"{set_flag} to '10'",
         )
-    set_code = f"set tax_code of {item} in cdc_invoice.item_tax to its 19-digit 税收分类编码"
+    set_code = f"set tax_code of {item} {where} to its 19-digit 税收分类编码"
     if not TAX_CODE.fullmatch(code):
         add(f"tax code {code!r} is not 19 digits", "tax_code", set_code)
     elif code[0] not in "123456":
