@@ -77,10 +77,10 @@ def demo(dsn: str, orders: int, keep: bool) -> None:
 
 
 def _register() -> None:
-    from cdc_invoice.commands import admin, operate, ops, sources
+    from cdc_invoice.commands import admin, loadtest, operate, ops, sources
     from cdc_invoice.sandbox.cli import sandbox
 
-    for module in (admin, operate, ops, sources):
+    for module in (admin, operate, ops, sources, loadtest):
         for command in module.COMMANDS:
             main.add_command(command)
     main.add_command(sandbox)

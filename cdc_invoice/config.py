@@ -98,6 +98,9 @@ class DaemonConfig:
     )
     metrics_listen: str = field(default="", metadata={"doc": "host:port for /metrics, /healthz"})
     log_format: str = field(default="text", metadata={"doc": "text or json"})
+    log_level: str = field(
+        default="", metadata={"doc": "warning, info or debug; empty = from -v (SIGHUP reloads)"}
+    )
 
 
 @dataclass(slots=True)
@@ -222,6 +225,8 @@ def _validate(config: Config) -> None:
         )
     if d.log_format not in ("text", "json"):
         raise ConfigError(f"daemon.log_format must be text or json, got {d.log_format!r}")
+    if d.log_level not in ("", "warning", "info", "debug"):
+        raise ConfigError(f"daemon.log_level must be warning, info or debug, got {d.log_level!r}")
     if config.provider.kind != "nuonuo":
         raise ConfigError(f"provider.kind {config.provider.kind!r} is not supported (nuonuo)")
 

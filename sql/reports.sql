@@ -57,6 +57,16 @@ SELECT date_trunc('month', i.issued_at AT TIME ZONE 'Asia/Shanghai')::date AS mo
  GROUP BY 1, 2, 3, 4, 5;
 COMMENT ON VIEW cdc_invoice.report_by_buyer IS 'Invoiced amounts per month (Asia/Shanghai), seller, buyer and kind; voided excluded.';
 
+CREATE OR REPLACE VIEW cdc_invoice.report_open AS
+SELECT r.id AS request_id, r.source, r.order_ref, r.kind, r.state, r.attempt,
+       r.created_at, now() - r.created_at AS age,
+       -- when a retry (after a backoff) or a result poll is due; NULL while a daemon works on it
+       CASE WHEN r.claimed_by IS NULL AND r.run_after > now() THEN r.run_after END AS next_try,
+       r.error_code, r.last_error
+  FROM cdc_invoice.request r
+ WHERE r.state IN ('pending', 'claimed', 'submitted', 'failed');
+COMMENT ON VIEW cdc_invoice.report_open IS 'Requests not finished, one row each: orders not invoiced yet (kind issue), reversals and deliveries under way, failures.';
+
 -- Every report view, present and future, is readable by the reader role.
 DO $$
 DECLARE

@@ -11,6 +11,10 @@ import psycopg
 
 from cdc_invoice import logs
 from cdc_invoice.commands.common import dsn_option
+from cdc_invoice.errors import CdcInvoiceError
+
+# daemon.log_level as the CLI's verbosity (-v = debug for our loggers).
+LEVELS = {"warning": -1, "info": 0, "debug": 1}
 
 
 @click.command()
@@ -27,13 +31,21 @@ def run(ctx: click.Context, config_path: str | None) -> None:
 
     One SIGTERM (or Ctrl-C) drains in-flight work within daemon.shutdown_grace_seconds;
     a second one exits at once (unfinished work is picked up again on restart).
+    SIGHUP re-reads the config file: concurrency, intervals and logging apply at once,
+    anything else is logged as needing a restart. Under systemd it speaks sd_notify.
     """
     from cdc_invoice import config as cfg
     from cdc_invoice.daemon import runner
 
     config = cfg.load(config_path)
-    logs.setup(ctx.obj["verbose"], ctx.obj["log_format"] or config.daemon.log_format)
-    sys.exit(asyncio.run(runner.run(config)))
+
+    def reconfigure_logs(c: cfg.Config) -> None:
+        # -v and --log-format on the command line win over the file (also on SIGHUP).
+        verbosity = ctx.obj["verbose"] or LEVELS.get(c.daemon.log_level, 0)
+        logs.setup(verbosity, ctx.obj["log_format"] or c.daemon.log_format)
+
+    reconfigure_logs(config)
+    sys.exit(asyncio.run(runner.run(config, config_path, reconfigure_logs=reconfigure_logs)))
 
 
 @click.command("config-reference")
@@ -54,12 +66,26 @@ def retry(dsn: str, request_id: int | None, all_: bool, source: str | None) -> N
     if (request_id is None) == (not all_):
         raise click.UsageError("give a REQUEST_ID or --all")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        if all_:
-            row = conn.execute("SELECT cdc_invoice.retry_failed(%s)", (source,)).fetchone()
-            click.echo(f"{row[0] if row else 0} request(s) queued again")
-        else:
-            conn.execute("SELECT cdc_invoice.retry(%s)", (request_id,))
-            click.echo(f"request {request_id} queued again")
+        try:
+            if all_:
+                row = conn.execute("SELECT cdc_invoice.retry_failed(%s)", (source,)).fetchone()
+                click.echo(f"{row[0] if row else 0} request(s) queued again")
+            else:
+                conn.execute("SELECT cdc_invoice.retry(%s)", (request_id,))
+                click.echo(f"request {request_id} queued again")
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise CdcInvoiceError(
+                f"not allowed: {exc.diag.message_primary}",
+                hint="retrying needs the cdc_invoice_operator role: GRANT cdc_invoice_operator "
+                "TO <your login>",
+            ) from exc
+        except psycopg.DatabaseError as exc:
+            if not (exc.diag.sqlstate or "").startswith("CI"):
+                raise
+            # Our SQL functions' own errors (CI0xx) say what is wrong and how to look.
+            raise CdcInvoiceError(
+                exc.diag.message_primary or str(exc), hint=exc.diag.message_hint
+            ) from exc
 
 
 @click.command()

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -28,6 +28,9 @@ from cdc_invoice.db.queries import latest_version, q
 from cdc_invoice.db.repository import KEEPALIVES
 from cdc_invoice.db.token_store import QUOTA_PER_30_DAYS, fernet_for
 from cdc_invoice.errors import CdcInvoiceError, ProviderError, SchemaError
+
+if TYPE_CHECKING:
+    from cdc_invoice.daemon.metrics import DbSnapshot
 
 OPS = "ops_queries.sql"
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -76,7 +79,7 @@ class LiveHealth:
     def __init__(
         self,
         *,
-        snapshot: Any,  # metrics.DbSnapshot (not imported: metrics imports this module)
+        snapshot: DbSnapshot,
         monitor: LoopMonitor,
         listener_connected: Callable[[], bool],
         last_platform_call: Callable[[], tuple[str, str, float] | None],
@@ -173,7 +176,7 @@ def run_checks(config: Config, listen_timeout: float = 5.0) -> list[Check]:
         )
         checks.append(Check("schema", FAIL, "not checked: no database"))
         checks.append(Check("listen", FAIL, "not checked: no database"))
-        checks.extend(asyncio.run(_platform_checks(config, None)))
+        checks.extend(asyncio.run(_platform_checks(config, None, "no database")))
         return checks
     with conn:
         row = conn.execute(q("health_server", OPS)).fetchone()
@@ -193,13 +196,17 @@ def run_checks(config: Config, listen_timeout: float = 5.0) -> list[Check]:
             )
         )
         t0 = time.perf_counter()
+        no_schema: str | None = None
         try:
             installed = schema.check_version(conn)
             checks.append(Check("schema", OK, f"version {installed}", time.perf_counter() - t0))
         except SchemaError as exc:
             checks.append(Check("schema", FAIL, exc.message, time.perf_counter() - t0, exc.hint))
+            no_schema = "the schema is not usable"
         checks.append(_listen_round_trip(conn, dsn, listen_timeout))
-    checks.extend(asyncio.run(_platform_checks(config, dsn)))
+    checks.extend(
+        asyncio.run(_platform_checks(config, None if no_schema else dsn, no_schema or ""))
+    )
     return checks
 
 
@@ -222,7 +229,7 @@ def _listen_round_trip(conn: psycopg.Connection[Any], dsn: str, timeout: float) 
                         "NOTIFY round trip on a private channel",
                         time.perf_counter() - t0,
                     )
-    except psycopg.OperationalError as exc:
+    except psycopg.Error as exc:  # e.g. "cannot execute LISTEN during recovery" on a standby
         return Check("listen", FAIL, _first_line(exc), time.perf_counter() - t0)
     return Check(
         "listen",
@@ -233,7 +240,9 @@ def _listen_round_trip(conn: psycopg.Connection[Any], dsn: str, timeout: float) 
     )
 
 
-async def _platform_checks(config: Config, dsn: str | None) -> list[Check]:
+async def _platform_checks(config: Config, dsn: str | None, no_db: str) -> list[Check]:
+    """One probe per configured seller; ``dsn`` None (because of ``no_db``) skips the seller's
+    tax number and the shared token, which live in the database."""
     from cdc_invoice.providers.nuonuo import codes, payload
     from cdc_invoice.providers.nuonuo.adapter import QUERY
     from cdc_invoice.providers.nuonuo.client import Credentials, NuonuoClient, dumps
@@ -280,7 +289,7 @@ async def _platform_checks(config: Config, dsn: str | None) -> list[Check]:
                         FAIL,
                         f"seller {seller_id!r} is in the config but not in cdc_invoice.seller"
                         if dsn
-                        else "not checked: no database (the seller's tax number is needed)",
+                        else f"not checked: {no_db} (the seller's tax number is in it)",
                         fix=f"INSERT INTO cdc_invoice.seller (seller_id, tax_number, name) "
                         f"VALUES ('{seller_id}', …)"
                         if dsn

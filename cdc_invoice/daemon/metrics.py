@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -183,7 +184,7 @@ class DbSnapshot:
                 ]
                 row = await (await conn.execute(q("metrics_daemons", OPS))).fetchone()
                 snap.live_daemons = int(row[0]) if row else 0
-        except (DatabaseUnavailable, TimeoutError) as exc:
+        except (DatabaseUnavailable, TimeoutError, psycopg.Error) as exc:
             # Keep the last figures (stale, with db_up 0) rather than blank graphs.
             old = self.current
             old.ok = False

@@ -14,17 +14,23 @@ from dataclasses import asdict
 
 import psycopg
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import (
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from cdc_invoice import __version__
 from cdc_invoice import config as cfg
 from cdc_invoice.config import Config, read_secret_file
 from cdc_invoice.daemon import health, metrics, systemd
+from cdc_invoice.daemon.handler import Stats
 from cdc_invoice.daemon.issuer import Issuer, SellerCache
 from cdc_invoice.daemon.listener import Listener
 from cdc_invoice.daemon.worker import Worker
 from cdc_invoice.db import schema
-from cdc_invoice.db.repository import DatabaseUnavailable, Repository
+from cdc_invoice.db.repository import KEEPALIVES, DatabaseUnavailable, Repository
 from cdc_invoice.db.token_store import PgTokenStore, fernet_for
 from cdc_invoice.errors import ConfigError
 from cdc_invoice.providers.nuonuo.adapter import NuonuoProvider
@@ -72,12 +78,22 @@ async def run(
     dsn = config.database.dsn
     daemon_id = config.daemon.daemon_id or f"{socket.gethostname()}:{os.getpid()}"
     notifier = systemd.Notifier.from_environ(os.environ)
-    with psycopg.connect(dsn) as conn:
+    # connect_timeout (in KEEPALIVES): a half-open link at start is an error, not a silent hang.
+    with psycopg.connect(dsn, **KEEPALIVES) as conn:
         schema.check_version(conn)
     repo = await Repository.open(dsn, daemon_id, config.database.pool_size)
-    provider = build_provider(config, repo)
+    try:
+        provider = build_provider(config, repo)
+    except BaseException:
+        await repo.close()  # else the pool keeps reconnecting and the process never exits
+        raise
     d = config.daemon
+    # *_created series (one per counter and histogram) double the series for no alert's use.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
+    # process_* (memory, CPU, open files) and python_info, as every Python exporter has them.
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
     observer = metrics.PrometheusObserver(registry)
     monitor = health.LoopMonitor()
     wake = asyncio.Event()
@@ -163,7 +179,7 @@ async def run(
         else:
             apply_reload(current, new, worker, issuer, reconfigure_logs)
             current = new
-        notifier.ready(await status())
+        notifier.ready(await status() if notifier.enabled else None)
 
     def on_hup() -> None:
         task = asyncio.create_task(reload(), name="reload")
@@ -174,7 +190,7 @@ async def run(
 
     async def status() -> str:
         snap = await snapshot.get()
-        s = issuer.stats
+        s = _Totals(issuer.stats, worker.lifecycle.stats)
         queue = (
             f"backlog {snap.backlog} ({snap.due} due, oldest {_age(snap.oldest_age)})"
             if snap.ok
@@ -293,8 +309,9 @@ def apply_reload(
     worker.concurrency = d.concurrency
     worker.poll_interval = d.poll_interval
     worker.lease_seconds = d.lease_seconds
-    issuer.result_poll_seconds = d.result_poll_seconds
-    issuer.max_backoff_seconds = d.max_backoff_seconds
+    for handler in (issuer, worker.lifecycle):
+        handler.result_poll_seconds = d.result_poll_seconds
+        handler.max_backoff_seconds = d.max_backoff_seconds
     applied = [k for k in changed if k in RELOADABLE]
     restart = [k for k in changed if k not in RELOADABLE]
     log.info(
@@ -308,6 +325,15 @@ def apply_reload(
             ", ".join(restart),
         )
     return applied
+
+
+class _Totals:
+    """Issues and lifecycle requests (reversals, deliveries …) together, for the status line."""
+
+    def __init__(self, *stats: Stats) -> None:
+        self.recorded = sum(x.recorded for x in stats)
+        self.failed = sum(x.failed for x in stats)
+        self.retried = sum(x.retried for x in stats)
 
 
 class _Rate:

@@ -133,7 +133,8 @@ async def announce_ready(
     await next_cycle()
     if wake.is_set():
         await next_cycle()
-    notifier.ready(await status())
+    # The status line reads the database: only worth it when systemd listens.
+    notifier.ready(await status() if notifier.enabled else None)
     log.info("ready: LISTEN up and the first sweep done")
 
 

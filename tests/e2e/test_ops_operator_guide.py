@@ -1,0 +1,72 @@
+"""The operator guide does what it says, against a running daemon and the sandbox platform."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
+
+from cdc_invoice import demo, harness
+
+GUIDE = Path(__file__).parents[2] / "docs" / "operator-guide.md"
+
+# The block runner of the finance guide's test (tests/db is not a package).
+_spec = importlib.util.spec_from_file_location(
+    "ops_guides_runner", Path(__file__).parents[1] / "db" / "test_ops_finance_guide.py"
+)
+assert _spec is not None and _spec.loader is not None
+_runner = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_runner)
+
+
+def test_every_command_of_the_operator_guide_works(
+    shop_dsn: str, sandbox: harness.Sandbox, tmp_path: Path
+) -> None:
+    config = harness.write_config(
+        tmp_path / "cdc-invoice.toml",
+        dsn=shop_dsn,
+        sandbox=sandbox,
+        daemon={"metrics_listen": "127.0.0.1:0"},
+    )
+    daemon = harness.start_daemon(config)
+    try:
+        with psycopg.connect(shop_dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO shop.orders (customer_id, status) VALUES ('C003', 'shipped')")
+        demo.ship_orders(shop_dsn, 3)
+        deadline = time.monotonic() + 60
+        with psycopg.connect(shop_dsn, autocommit=True) as conn:
+            while conn.execute(
+                "SELECT count(*) FROM cdc_invoice.request WHERE state IN ('done', 'failed')"
+            ).fetchone() != (4,):
+                assert time.monotonic() < deadline, daemon.output()[-2000:]
+                time.sleep(0.1)
+
+        out = _runner.run_blocks(GUIDE, shop_dsn, tmp_path, env={"CONFIG": str(config)})
+        status = _runner.output_of(out, 'cdc-invoice status --dsn "$DSN"\ncdc-invoice status')
+        assert "{'last_1m': 3, 'last_5m': 3, 'last_15m': 3}" in status
+        assert "Failures by reason" in status and "live" in status
+        retried = _runner.output_of(out, "cdc-invoice retry --all --source shop")
+        assert "1 request(s) queued again" in retried
+        assert (tmp_path / "open-requests.csv").read_text().startswith("request_id,source,")
+        quota = _runner.output_of(out, "next_fetch_allowed_from")
+        assert sandbox.app_key in quota
+
+        # Every metric the daemon exports is in the guide's table.
+        url = re.search(r"metrics at (http://\S+)/metrics", daemon.output())
+        assert url, daemon.output()
+        text = httpx.get(url.group(1) + "/metrics", timeout=10).text
+        guide = GUIDE.read_text(encoding="utf-8")
+        names = {
+            f.name
+            for f in text_string_to_metric_families(text)
+            if f.name.startswith("cdc_invoice_")
+        }
+        assert len(names) > 25
+        assert sorted(n for n in names if f"`{n}" not in guide) == []
+    finally:
+        daemon.stop()
