@@ -33,7 +33,12 @@ class Group(click.Group):
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cdc-invoice")
-@click.option("-v", "--verbose", count=True, help="-v: info, -vv: debug (secrets are never logged)")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="-v: debug, -vv: debug for libraries too (info by default; secrets are never logged)",
+)
 @click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
@@ -45,8 +50,10 @@ def main(ctx: click.Context, verbose: int, log_format: str | None) -> None:
     """E-invoices for completed orders, straight from your PostgreSQL inventory database.
 
     \b
-    DBA:      install, sql, verify, uninstall     (then SELECT cdc_invoice.attach(...))
-    Operator: run (the daemon), retry, failures
+    DBA:      install, sql, verify, uninstall, attach, detach, sources, preview, backfill
+    Operator: run (the daemon), systemd-unit, health, status, failures, retry, reconcile,
+              config-reference, loadtest
+    Finance:  report (or SQL: cdc_invoice.report_* views, cdc_invoice.request_reversal(...))
     Try it:   demo (embedded PostgreSQL + sandbox platform), sandbox
     """
     ctx.ensure_object(dict)

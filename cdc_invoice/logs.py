@@ -25,6 +25,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(verbosity: int = 0, fmt: str = "text") -> None:
+    """INFO by default; -v (1) DEBUG for cdc-invoice; -vv (2) DEBUG for libraries too."""
     level = logging.WARNING if verbosity < 0 else (logging.INFO, logging.DEBUG)[min(verbosity, 1)]
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":

@@ -46,10 +46,12 @@ class Listener:
                     async for _ in conn.notifies(timeout=self.ping_seconds):
                         self.notifications += 1
                         self.wake.set()
-                    await conn.execute("SELECT 1")
+                    # A ping that hangs means a half-open link: give up on it and reconnect.
+                    async with asyncio.timeout(self.ping_seconds * 2):
+                        await conn.execute("SELECT 1")
             except asyncio.CancelledError:
                 raise
-            except psycopg.Error as exc:
+            except (psycopg.Error, TimeoutError) as exc:
                 self.connected.clear()
                 self.reconnects += 1
                 self.wake.set()  # the poll fallback takes over; sweep now

@@ -6,6 +6,7 @@ psycopg errors are mapped here, once: OperationalError (connection lost, server 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -35,6 +36,10 @@ KEEPALIVES: dict[str, Any] = {
     "keepalives_count": 3,
     "connect_timeout": 10,
 }
+
+
+# No unit of work of the daemon (a claim, a batch of results) takes seconds on a healthy server.
+OPERATION_TIMEOUT = 30.0
 
 
 class DatabaseUnavailable(CdcInvoiceError):
@@ -111,7 +116,9 @@ class Repository:
             kwargs={"autocommit": True, **KEEPALIVES},
             configure=configure_connection,
             open=False,
-            reconnect_timeout=0,  # keep trying forever: the database may be restarting
+            # The database may be restarting or failing over: keep trying for an hour (the pool
+            # also regrows whenever a caller waits for a connection).
+            reconnect_timeout=3600,
         )
         await pool.open(wait=False)
         return cls(pool, daemon_id)
@@ -121,13 +128,21 @@ class Repository:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection for one short unit of work, bounded by ``OPERATION_TIMEOUT``.
+
+        A link that stops answering without closing (a half-open TCP flow through a proxy or
+        NAT) would otherwise hang the caller forever; on timeout psycopg cancels the query and
+        the pool drops the connection.
+        """
         try:
-            async with self.pool.connection() as conn:
+            async with asyncio.timeout(OPERATION_TIMEOUT), self.pool.connection() as conn:
                 yield conn
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"database unavailable: {exc}".strip()) from exc
-        except TimeoutError as exc:  # PoolTimeout is a subclass of OperationalError; be safe
-            raise DatabaseUnavailable("database unavailable: no connection") from exc
+        except TimeoutError as exc:
+            raise DatabaseUnavailable(
+                f"database unavailable: no answer within {OPERATION_TIMEOUT:.0f}s"
+            ) from exc
 
     # --- queue ---------------------------------------------------------------------------
 
