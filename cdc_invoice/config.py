@@ -97,6 +97,10 @@ class DaemonConfig:
         default=20.0, metadata={"doc": "SIGTERM: time to finish in-flight work"}
     )
     metrics_listen: str = field(default="", metadata={"doc": "host:port for /metrics, /healthz"})
+    callback: bool = field(
+        default=False,
+        metadata={"doc": "accept platform callbacks at /nuonuo/callback (on metrics_listen)"},
+    )
     log_format: str = field(default="text", metadata={"doc": "text or json"})
     log_level: str = field(
         default="", metadata={"doc": "warning, info or debug; empty = from -v (SIGHUP reloads)"}
@@ -225,6 +229,11 @@ def _validate(config: Config) -> None:
         )
     if d.log_format not in ("text", "json"):
         raise ConfigError(f"daemon.log_format must be text or json, got {d.log_format!r}")
+    if d.callback and not d.metrics_listen:
+        raise ConfigError(
+            "daemon.callback needs daemon.metrics_listen: the callback is served there",
+            hint='set metrics_listen = "0.0.0.0:9464" (behind a reverse proxy) or callback = false',
+        )
     if d.log_level not in ("", "warning", "info", "debug"):
         raise ConfigError(f"daemon.log_level must be warning, info or debug, got {d.log_level!r}")
     if config.provider.kind != "nuonuo":

@@ -271,3 +271,14 @@ INSERT INTO cdc_invoice.reconciliation (run_id, day, seller_id, finding, order_n
         source, order_ref, request_id, local_total, platform_total, detail)
 VALUES (%(run_id)s, %(day)s, %(seller_id)s, %(finding)s, %(order_no)s, %(invoice_number)s,
         %(source)s, %(order_ref)s, %(request_id)s, %(local_total)s, %(platform_total)s, %(detail)s);
+
+-- ---------------------------------------------------------------- platform callbacks
+
+-- name: callback_hint
+-- A platform callback only says "look again": the request is polled now, and what the platform
+-- answers to that query is what counts. The callback's own content is never trusted.
+UPDATE cdc_invoice.request
+   SET run_after = now()
+ WHERE state = 'submitted' AND claimed_by IS NULL
+   AND (platform_order_no = ANY(%(bases)s) OR platform_serial = ANY(%(serials)s))
+RETURNING id;

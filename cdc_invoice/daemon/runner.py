@@ -24,7 +24,7 @@ from prometheus_client import (
 from cdc_invoice import __version__
 from cdc_invoice import config as cfg
 from cdc_invoice.config import Config, read_secret_file
-from cdc_invoice.daemon import health, metrics, systemd
+from cdc_invoice.daemon import callback, health, metrics, systemd
 from cdc_invoice.daemon.handler import Stats
 from cdc_invoice.daemon.issuer import Issuer, SellerCache
 from cdc_invoice.daemon.listener import Listener
@@ -144,9 +144,10 @@ async def run(
     http: web.AppRunner | None = None
     try:
         if d.metrics_listen:
-            http, url = await metrics.serve(
-                metrics.make_app(registry, snapshot, live), d.metrics_listen
-            )
+            app = metrics.make_app(registry, snapshot, live)
+            if d.callback:
+                callback.add_route(app, repo, wake)
+            http, url = await metrics.serve(app, d.metrics_listen)
             log.info("metrics at %s/metrics, health at %s/healthz", url, url)
     except BaseException:
         await provider.aclose()
