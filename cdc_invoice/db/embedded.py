@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ def start(datadir: Path, *, keep: bool = False) -> tuple[str, Any]:
 
     With keep=False the server stops and its data is deleted when the process exits.
     """
+    # pgserver asks platformdirs for a runtime dir, which warns when XDG_RUNTIME_DIR is unset
+    # (root shells, CI): harmless, and not the user's concern.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     try:
         import pgserver
     except ImportError as exc:  # pragma: no cover - pgserver is a dependency
@@ -22,5 +26,5 @@ def start(datadir: Path, *, keep: bool = False) -> tuple[str, Any]:
     mode = None if keep else "delete"
     server = pgserver.get_server(str(datadir), cleanup_mode=mode)  # type: ignore[attr-defined]
     dsn = str(server.get_uri())
-    log.info("embedded PostgreSQL at %s", datadir)
+    log.debug("embedded PostgreSQL at %s", datadir)
     return dsn, server
