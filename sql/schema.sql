@@ -103,7 +103,7 @@ CREATE TABLE cdc_invoice.request (
     run_after         timestamptz NOT NULL DEFAULT now(),
     claimed_by        text,
     lease_until       timestamptz,
-    platform_order_no text UNIQUE,    -- idempotency key sent to the platform (+ 2-digit part)
+    platform_order_no text,           -- idempotency key sent to the platform (+ 2-digit part)
     platform_serial   text,
     progress          jsonb,          -- per-part platform state of a submitted request
     last_error        text,
@@ -119,6 +119,9 @@ CREATE TABLE cdc_invoice.request (
 CREATE INDEX request_due_idx ON cdc_invoice.request (run_after, id)
     WHERE state IN ('pending', 'claimed', 'submitted');
 CREATE INDEX request_failed_idx ON cdc_invoice.request (source, updated_at) WHERE state = 'failed';
+-- Unique once set (at the first claim): partial, so the capture trigger's insert adds no entry.
+CREATE UNIQUE INDEX request_platform_order_no_key ON cdc_invoice.request (platform_order_no)
+    WHERE platform_order_no IS NOT NULL;
 ALTER TABLE cdc_invoice.request SET (autovacuum_vacuum_scale_factor = 0.02, fillfactor = 80);
 
 -- Issued invoices (blue and red), recorded by the daemon in the same transaction as the
