@@ -3,13 +3,19 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck bench chaos clean
+.PHONY: demo test test-fast lint typecheck bench bench-quick chaos chaos-short clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
 
 venv: $(STAMP)
 
@@ -28,6 +34,24 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
+
+# Benchmarks (docs/benchmarks.md): the machine's PostgreSQL at 127.0.0.1:5432 if it answers,
+# else an embedded one. Writes bench-results.json and prints a table.
+bench: $(BENCH_STAMP)
+	$(PY) -m tests.bench
+
+bench-quick: $(BENCH_STAMP)
+	$(PY) -m tests.bench --quick
+
+# Chaos (docs/reliability.md): its own PostgreSQL, two daemons SIGKILLed at random, database
+# restarts, a cut and a half-open link, a faulty platform; then every order is compared with the
+# platform and the local tables. Prints the figures and writes chaos-results.json. The short run
+# is also tests/chaos/test_chaos_short.py (part of `make test`).
+chaos: $(STAMP)
+	$(PY) -m tests.chaos --full
+
+chaos-short: $(STAMP)
+	$(PY) -m tests.chaos
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache build dist *.egg-info

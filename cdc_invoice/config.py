@@ -77,7 +77,10 @@ class ProviderConfig:
             "doc": "key for the token stored in the database; empty = derived from the secret"
         },
     )
-    max_connections: int = field(default=64, metadata={"doc": "HTTP keep-alive pool size"})
+    max_connections: int = field(
+        default=16,  # a small pool: httpcore bookkeeping grows with it (encode/httpcore#1035)
+        metadata={"doc": "HTTP keep-alive pool size"},
+    )
     credentials: dict[str, CredentialConfig] = field(default_factory=dict)
 
 
