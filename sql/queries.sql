@@ -5,17 +5,26 @@
 SELECT max(version) AS version FROM cdc_invoice.schema_version;
 
 -- name: claim_requests
--- Takes due rows: pending ones, retries and polls whose time came, and rows whose lease expired
--- (a worker died). The CTE is evaluated once, so LIMIT bounds the UPDATE (unlike IN (subquery)).
+-- Takes due rows: results to poll first (so invoices get recorded while a backlog is still
+-- being issued), then pending ones, retries, and rows whose lease expired (a worker died).
+-- Each CTE is evaluated once, so LIMIT bounds the UPDATE (unlike IN (subquery)).
 -- Claiming sets the lease: run_after = lease_until, so the same query recovers abandoned rows.
 -- kinds: the request kinds this daemon version handles; others wait, pending, for one that does.
-WITH due AS MATERIALIZED (
+WITH polls AS MATERIALIZED (
     SELECT id FROM cdc_invoice.request
-     WHERE state IN ('pending', 'claimed', 'submitted') AND run_after <= now()
-       AND kind = ANY(%(kinds)s)
+     WHERE state = 'submitted' AND run_after <= now() AND kind = ANY(%(kinds)s)
      ORDER BY run_after, id
-     LIMIT %(limit)s
+     LIMIT %(poll_limit)s
        FOR NO KEY UPDATE SKIP LOCKED
+), fresh AS MATERIALIZED (
+    SELECT id FROM cdc_invoice.request
+     WHERE state IN ('pending', 'claimed') AND run_after <= now() AND kind = ANY(%(kinds)s)
+     ORDER BY run_after, id
+     -- a batch of up to 50 polls takes one of the worker's slots
+     LIMIT greatest(%(limit)s - (SELECT (count(*) + 49) / 50 FROM polls), 0)
+       FOR NO KEY UPDATE SKIP LOCKED
+), due AS (
+    SELECT id FROM polls UNION ALL SELECT id FROM fresh
 )
 UPDATE cdc_invoice.request r
    SET state = CASE WHEN r.state = 'pending' THEN 'claimed' ELSE r.state END,

@@ -117,7 +117,8 @@ CREATE TABLE cdc_invoice.request (
 );
 -- The claim index: only live rows, in due order. Finished rows cost the claim nothing.
 CREATE INDEX request_due_idx ON cdc_invoice.request (run_after, id)
-    WHERE state IN ('pending', 'claimed', 'submitted');
+    WHERE state IN ('pending', 'claimed');
+CREATE INDEX request_poll_idx ON cdc_invoice.request (run_after, id) WHERE state = 'submitted';
 CREATE INDEX request_failed_idx ON cdc_invoice.request (source, updated_at) WHERE state = 'failed';
 -- Unique once set (at the first claim): partial, so the capture trigger's insert adds no entry.
 CREATE UNIQUE INDEX request_platform_order_no_key ON cdc_invoice.request (platform_order_no)

@@ -51,6 +51,7 @@ class Worker:
         self.on_cycle = on_cycle
         self.stopping = asyncio.Event()
         self.inflight: dict[int, asyncio.Task[None]] = {}  # request id -> its task
+        self.tasks: set[asyncio.Task[None]] = set()  # what counts against the concurrency
         self._slot_freed = asyncio.Event()
         self.claimed_total = 0
 
@@ -64,12 +65,16 @@ class Worker:
     async def _loop(self) -> None:
         db_delay = 0.2
         while not self.stopping.is_set():
-            free = self.concurrency - len(self.inflight)
+            free = self.concurrency - len(self.tasks)
             claimed: list[ClaimedRequest] = []
             if free > 0:
                 self.wake.clear()
+                limit = min(free, 200)
                 try:
-                    claimed = await self.repo.claim(min(free, 200), self.lease_seconds, self.kinds)
+                    # polls come in batches of up to 50 per task (one platform query each)
+                    claimed = await self.repo.claim(
+                        limit, self.lease_seconds, self.kinds, poll_limit=50 * limit
+                    )
                     db_delay = 0.2
                 except DatabaseUnavailable as exc:
                     log.warning("claim failed: %s; retrying in %.1fs", exc, db_delay)
@@ -79,8 +84,8 @@ class Worker:
                 self._dispatch(claimed)
             if self.on_cycle is not None:
                 await self.on_cycle()
-            if claimed and len(claimed) == min(free, 200):
-                continue  # probably more due: claim again at once
+            if claimed and len(self.tasks) < self.concurrency:
+                continue  # there may be more due and there is room: claim again at once
             await self._wait()
 
     def _dispatch(self, claimed: list[ClaimedRequest]) -> None:
@@ -102,10 +107,12 @@ class Worker:
 
     def _track(self, ids: list[int], coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
         for rid in ids:
             self.inflight[rid] = task
 
         def done(t: asyncio.Task[None]) -> None:
+            self.tasks.discard(t)
             for rid in ids:
                 if self.inflight.get(rid) is t:
                     del self.inflight[rid]
@@ -121,7 +128,7 @@ class Worker:
             asyncio.ensure_future(self.wake.wait()),
             asyncio.ensure_future(self.stopping.wait()),
         ]
-        if len(self.inflight) >= self.concurrency:
+        if len(self.tasks) >= self.concurrency:
             self._slot_freed.clear()
             waits.append(asyncio.ensure_future(self._slot_freed.wait()))
         try:

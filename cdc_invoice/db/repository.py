@@ -147,13 +147,20 @@ class Repository:
     # --- queue ---------------------------------------------------------------------------
 
     async def claim(
-        self, limit: int, lease_seconds: float, kinds: Sequence[str] = ("issue",)
+        self,
+        limit: int,
+        lease_seconds: float,
+        kinds: Sequence[str] = ("issue",),
+        poll_limit: int | None = None,
     ) -> list[ClaimedRequest]:
+        """Up to ``poll_limit`` (default ``limit``) results to poll, plus up to ``limit`` new
+        or retried requests."""
         async with self.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 q("claim_requests"),
                 {
                     "limit": limit,
+                    "poll_limit": limit if poll_limit is None else poll_limit,
                     "daemon_id": self.daemon_id,
                     "lease_seconds": lease_seconds,
                     "kinds": list(kinds),

@@ -30,6 +30,12 @@ ALTER TABLE cdc_invoice.request DROP CONSTRAINT request_platform_order_no_key;
 CREATE UNIQUE INDEX request_platform_order_no_key ON cdc_invoice.request (platform_order_no)
     WHERE platform_order_no IS NOT NULL;
 
+-- Results are polled before new work is claimed: an index of their own.
+DROP INDEX cdc_invoice.request_due_idx;
+CREATE INDEX request_due_idx ON cdc_invoice.request (run_after, id)
+    WHERE state IN ('pending', 'claimed');
+CREATE INDEX request_poll_idx ON cdc_invoice.request (run_after, id) WHERE state = 'submitted';
+
 -- Paper invoices (es/ec) also have a 发票代码 and an 8-digit number: void and delivery need them.
 ALTER TABLE cdc_invoice.invoice ADD COLUMN paper_code text, ADD COLUMN paper_number text;
 
