@@ -179,17 +179,46 @@ BEGIN
     EXECUTE format($f$
         CREATE OR REPLACE FUNCTION cdc_invoice.%1$I() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+        DECLARE
+            v_ref   text;
+            v_doc   jsonb;
+            v_err   text;
+            v_state text;
         BEGIN
-            IF TG_ARGV[0] = 'issue' THEN
-                IF TG_ARGV[1] = 'check' AND NOT coalesce((%4$s), false) THEN
+            -- Only the reads run under the exception handler: an error there (the view divides
+            -- by zero, the key column was renamed after attach, …) must never fail the
+            -- inventory's COMMIT, and reads take no subtransaction XID.
+            BEGIN
+                IF TG_ARGV[0] = 'issue' AND TG_ARGV[1] = 'check' AND NOT coalesce((%4$s), false) THEN
                     RETURN NULL;
                 END IF;
+                v_ref := NEW.%3$I::text;
+                IF TG_ARGV[0] = 'issue' THEN
+                    v_doc := %5$s;
+                END IF;
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS v_err = MESSAGE_TEXT, v_state = RETURNED_SQLSTATE;
+            END;
+            IF v_err IS NOT NULL THEN
+                -- Recorded as failed with the error and the row; retry() snapshots again once fixed.
+                v_ref := coalesce(v_ref,
+                    to_jsonb(NEW) ->> (SELECT a.attname FROM pg_attribute a
+                                        WHERE a.attrelid = %6$s AND a.attnum = %7$s
+                                          AND NOT a.attisdropped),
+                    'unknown:' || md5(to_jsonb(NEW)::text));
+                INSERT INTO cdc_invoice.request (source, order_ref, kind, state, last_error,
+                                                 error_code, hint, params)
+                VALUES (%2$L, v_ref, TG_ARGV[0], 'failed', 'capture failed: ' || v_err, 'CAPTURE',
+                        'fix the document view or re-attach the source, then SELECT cdc_invoice.retry(<id>)',
+                        jsonb_build_object('sqlstate', v_state, 'row', to_jsonb(NEW)))
+                ON CONFLICT (source, order_ref, kind, seq) DO NOTHING;
+            ELSIF TG_ARGV[0] = 'issue' THEN
                 INSERT INTO cdc_invoice.request (source, order_ref, kind, document)
-                VALUES (%2$L, NEW.%3$I::text, 'issue', %5$s)
+                VALUES (%2$L, v_ref, 'issue', v_doc)
                 ON CONFLICT (source, order_ref, kind, seq) DO NOTHING;
             ELSE
                 INSERT INTO cdc_invoice.request (source, order_ref, kind, params)
-                VALUES (%2$L, NEW.%3$I::text, 'reverse',
+                VALUES (%2$L, v_ref, 'reverse',
                         jsonb_build_object('reason', 'sales_return', 'full', true, 'trigger', true))
                 ON CONFLICT (source, order_ref, kind, seq) DO NOTHING;
             END IF;
@@ -199,18 +228,9 @@ BEGIN
                 PERFORM pg_notify('cdc_invoice', '');
             END IF;
             RETURN NULL;
-        EXCEPTION WHEN OTHERS THEN
-            INSERT INTO cdc_invoice.request (source, order_ref, kind, state, last_error,
-                                             error_code, hint, params)
-            VALUES (%2$L, coalesce(to_jsonb(NEW) ->> %3$L, 'unknown:' || md5(to_jsonb(NEW)::text)),
-                    TG_ARGV[0], 'failed',
-                    'capture failed: ' || SQLERRM, 'CAPTURE',
-                    'fix the document view or re-attach the source, then SELECT cdc_invoice.retry(<id>)',
-                    jsonb_build_object('sqlstate', SQLSTATE, 'row', to_jsonb(NEW)))
-            ON CONFLICT (source, order_ref, kind, seq) DO NOTHING;
-            RETURN NULL;
         END
-        $body$ $f$, v_fn, attach.source, order_key, issue_when, v_snapshot);
+        $body$ $f$, v_fn, attach.source, order_key, issue_when, v_snapshot, v_table::oid,
+        (SELECT a.attnum FROM pg_attribute a WHERE a.attrelid = v_table AND a.attname = order_key));
 
     -- UPDATE: WHEN filters at event time, so non-qualifying updates never call the function.
     EXECUTE format('CREATE CONSTRAINT TRIGGER %I AFTER UPDATE ON %s DEFERRABLE INITIALLY DEFERRED '

@@ -140,6 +140,9 @@ class Repository:
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"database unavailable: {exc}".strip()) from exc
         except TimeoutError as exc:
+            # Its idle siblings went through the same stalled link: replace them all at once
+            # rather than let each time out in turn.
+            await self.pool.drain()
             raise DatabaseUnavailable(
                 f"database unavailable: no answer within {OPERATION_TIMEOUT:.0f}s"
             ) from exc
