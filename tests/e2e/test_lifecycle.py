@@ -234,3 +234,30 @@ def test_unconfirmed_slip_expires_after_72_hours(running: str, sandbox: harness.
             "SELECT hint FROM cdc_invoice.request WHERE kind = 'reverse'"
         ).fetchone()
     assert hint and "72 hours" in str(hint[0])
+
+
+def test_paper_invoice_reversal_goes_through_fast_invoice_red(
+    running: str, sandbox: harness.Sandbox
+) -> None:
+    """A paper 数电 invoice (ec) is not red-issued by the platform itself: the daemon asks for it."""
+    with psycopg.connect(running, autocommit=True) as conn:
+        conn.execute("UPDATE cdc_invoice.buyer SET invoice_type = 'ec' WHERE customer_ref = 'C004'")
+    number = ship(running, "C004", [("P-TEA", "2", "268.00")])
+    with psycopg.connect(running, autocommit=True) as conn:
+        conn.execute("SELECT cdc_invoice.request_reversal(%s, 'sales_return')", (number,))
+    assert wait_requests(running, "reverse", 1) == [("done", None)]
+    [(_red_number, red_total, _, _)] = reds_of(running, number)
+    assert red_total == Decimal("-536.00") and invoice(running, number)["status"] == "reversed"
+    stats = httpx.get(f"{sandbox.url}/_sandbox/stats", timeout=10).json()
+    assert "nuonuo.OpeMplatform.fastInvoiceRed" in str(stats)
+
+
+def test_refresh_rereads_the_invoice(running: str) -> None:
+    number = ship(running, "C001", [("P-MOUSE", "1", "79.90")])
+    with psycopg.connect(running, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE cdc_invoice.invoice SET pdf_url = NULL WHERE invoice_number = %s", (number,)
+        )
+        conn.execute("SELECT cdc_invoice.request_refresh(%s)", (number,))
+    assert wait_requests(running, "refresh", 1) == [("done", None)]
+    assert str(invoice(running, number)["pdf_url"]).startswith("http")
