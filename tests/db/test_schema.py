@@ -46,7 +46,9 @@ def test_upgrade_from_version_1_with_data(fresh_dsn: str, installed_dsn: str) ->
     with the same catalogue as a fresh install."""
     with psycopg.connect(fresh_dsn, autocommit=True) as conn:
         conn.execute(sql_file("migrations/0001_initial.sql"))
-        conn.execute("INSERT INTO cdc_invoice.request (source, order_ref, kind) VALUES ('s', '1', 'issue')")
+        conn.execute(
+            "INSERT INTO cdc_invoice.request (source, order_ref, kind) VALUES ('s', '1', 'issue')"
+        )
     result = schema.install(fresh_dsn)
     assert (result.before, result.after) == (1, schema.latest_version())
     assert result.applied == [name for v, name in migrations() if v > 1]
