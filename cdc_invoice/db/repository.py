@@ -199,6 +199,21 @@ class Repository:
                 {"ids": list(ids), "daemon_id": self.daemon_id, "lease_seconds": lease_seconds},
             )
 
+    async def _fenced(
+        self, query: str, fence: Fence, params: dict[str, Any], event: dict[str, Any]
+    ) -> bool:
+        """Apply a named completion only while the request is still ours, with its audit event,
+        in one transaction. False when another daemon took it over (lease expired)."""
+        async with self.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                q(query),
+                {"id": fence.id, "attempt": fence.attempt, "daemon_id": self.daemon_id, **params},
+            )
+            if cur.rowcount != 1:
+                return False
+            await self._event(conn, request_id=fence.id, **event)
+            return True
+
     async def mark_submitted(
         self,
         fence: Fence,
@@ -207,22 +222,8 @@ class Repository:
         poll_after: float,
         event: dict[str, Any],
     ) -> bool:
-        async with self.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                q("mark_submitted"),
-                {
-                    "id": fence.id,
-                    "attempt": fence.attempt,
-                    "daemon_id": self.daemon_id,
-                    "progress": Jsonb(progress),
-                    "serial": serial,
-                    "poll_after": poll_after,
-                },
-            )
-            if cur.rowcount != 1:
-                return False
-            await self._event(conn, request_id=fence.id, **event)
-            return True
+        params = {"progress": Jsonb(progress), "serial": serial, "poll_after": poll_after}
+        return await self._fenced("mark_submitted", fence, params, event)
 
     async def release_poll(self, fences: Sequence[Fence], poll_after: float) -> None:
         if not fences:
@@ -247,23 +248,8 @@ class Repository:
         hint: str | None,
         event: dict[str, Any],
     ) -> bool:
-        async with self.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                q("release_retry"),
-                {
-                    "id": fence.id,
-                    "attempt": fence.attempt,
-                    "daemon_id": self.daemon_id,
-                    "delay": delay,
-                    "error": error,
-                    "code": code,
-                    "hint": hint,
-                },
-            )
-            if cur.rowcount != 1:
-                return False
-            await self._event(conn, request_id=fence.id, **event)
-            return True
+        params = {"delay": delay, "error": error, "code": code, "hint": hint}
+        return await self._fenced("release_retry", fence, params, event)
 
     async def release_unclaimed(self, ids: Sequence[int]) -> None:
         if ids:
@@ -275,22 +261,8 @@ class Repository:
     async def mark_failed(
         self, fence: Fence, error: str, code: str | None, hint: str | None, event: dict[str, Any]
     ) -> bool:
-        async with self.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                q("mark_failed"),
-                {
-                    "id": fence.id,
-                    "attempt": fence.attempt,
-                    "daemon_id": self.daemon_id,
-                    "error": error,
-                    "code": code,
-                    "hint": hint,
-                },
-            )
-            if cur.rowcount != 1:
-                return False
-            await self._event(conn, request_id=fence.id, **event)
-            return True
+        params = {"error": error, "code": code, "hint": hint}
+        return await self._fenced("mark_failed", fence, params, event)
 
     async def record_invoices(
         self, batch: Sequence[tuple[Fence, list[dict[str, Any]]]]
