@@ -199,6 +199,14 @@ class Repository:
                 {"ids": list(ids), "daemon_id": self.daemon_id, "lease_seconds": lease_seconds},
             )
 
+    async def _mark_done(self, conn: psycopg.AsyncConnection[Any], fence: Fence) -> bool:
+        """Finish the request in ``conn``'s transaction, if it is still ours."""
+        cur = await conn.execute(
+            q("mark_done"),
+            {"id": fence.id, "attempt": fence.attempt, "daemon_id": self.daemon_id},
+        )
+        return cur.rowcount == 1
+
     async def _fenced(
         self, query: str, fence: Fence, params: dict[str, Any], event: dict[str, Any]
     ) -> bool:
@@ -280,11 +288,7 @@ class Repository:
             for fence, invoices in batch:
                 try:
                     async with conn.transaction():
-                        cur = await conn.execute(
-                            q("mark_done"),
-                            {"id": fence.id, "attempt": fence.attempt, "daemon_id": self.daemon_id},
-                        )
-                        if cur.rowcount != 1:
+                        if not await self._mark_done(conn, fence):
                             log.warning(
                                 "request %s: lease lost before recording; skipped", fence.id
                             )
@@ -375,11 +379,7 @@ class Repository:
 
         Returns the blue's new status, or None when the request was no longer ours."""
         async with self.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                q("mark_done"),
-                {"id": fence.id, "attempt": fence.attempt, "daemon_id": self.daemon_id},
-            )
-            if cur.rowcount != 1:
+            if not await self._mark_done(conn, fence):
                 return None
             await self._insert_invoice(conn, fence, red)
             row = await (await conn.execute(q("settle_blue_status"), {"id": blue_id})).fetchone()
@@ -393,11 +393,7 @@ class Repository:
     ) -> bool:
         """Mark a request done with some named updates and an event, in one transaction."""
         async with self.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                q("mark_done"),
-                {"id": fence.id, "attempt": fence.attempt, "daemon_id": self.daemon_id},
-            )
-            if cur.rowcount != 1:
+            if not await self._mark_done(conn, fence):
                 return False
             for name, params in updates:
                 await conn.execute(q(name), params)
@@ -419,11 +415,7 @@ class Repository:
                 str(r[0])
                 for r in await (await conn.execute(q("order_blue_invoices"), keys)).fetchall()
             ]
-            cur = await conn.execute(
-                q("mark_done"),
-                {"id": fence.id, "attempt": fence.attempt, "daemon_id": self.daemon_id},
-            )
-            if cur.rowcount != 1:
+            if not await self._mark_done(conn, fence):
                 return []
             for number in numbers:
                 try:
