@@ -15,7 +15,7 @@ from cdc_invoice.invoice.model import Buyer, ItemTax, Order, OrderLine, Seller
 
 D = Decimal
 SELLER = Seller("main", "339902999999789113", "航信培训企业")
-BUYER = Buyer("杭州某某贸易有限公司", tax_number="91330106MA2B0XXXX1")
+BUYER = Buyer("杭州某某贸易有限公司", tax_number="91330106MA2B0QWEF1")
 GOOD = OrderLine(
     line_no=1,
     item_ref="PC",

@@ -22,7 +22,7 @@ from cdc_invoice.invoice.model import (
 
 D = Decimal
 SELLER = Seller("main", "339902999999789113", "航信培训企业")
-BUYER = Buyer("杭州某某贸易有限公司", tax_number="91330106MA2B0XXXX1")
+BUYER = Buyer("杭州某某贸易有限公司", tax_number="91330106MA2B0QWEF1")
 CODES = {
     "0.13": ("1090511030000000000", None),
     "0.09": ("1030201010000000000", None),

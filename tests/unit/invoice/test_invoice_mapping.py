@@ -13,7 +13,7 @@ from cdc_invoice.invoice.model import Buyer, ItemTax, Seller
 
 D = Decimal
 SELLER = Seller("main", "339902999999789113", "航信培训企业")
-BUYERS = {"C1": Buyer("杭州某某", tax_number="91330106MA2B0XXXX1", email="a@b.cn")}
+BUYERS = {"C1": Buyer("杭州某某", tax_number="91330106MA2B0QWEF1", email="a@b.cn")}
 ITEMS = {"PC": ItemTax("PC", "1090511030000000000", D("0.13"), short_name="计算机")}
 
 
@@ -116,7 +116,7 @@ def test_lines_follow_line_no_and_missing_line_no_is_the_position() -> None:
 
 
 def test_order_discount_and_invoice_kind() -> None:
-    buyers = {"C1": Buyer("杭州某某", tax_number="91330106MA2B0XXXX1", invoice_line="bs")}
+    buyers = {"C1": Buyer("杭州某某", tax_number="91330106MA2B0QWEF1", invoice_line="bs")}
     rows = [row(order_discount=5.5), row(line_no=2, order_discount="5.50")]
     order = build_order("shop", "SO1", rows, buyers, ITEMS, SELLER)
     assert order.order_discount == D("5.5") and order.invoice_line == "bs"

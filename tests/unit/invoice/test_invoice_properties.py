@@ -36,7 +36,7 @@ ITEMS = {
     f"R{i}": ItemTax(f"R{i}", code, Decimal(rate), policy_flag=flag)
     for i, (rate, flag, code) in enumerate(RATES)
 }
-BUYERS = {"C1": Buyer("杭州某某贸易有限公司", tax_number="91330106MA2B0XXXX1")}
+BUYERS = {"C1": Buyer("杭州某某贸易有限公司", tax_number="91330106MA2B0QWEF1")}
 
 
 def cents(x: Decimal) -> Decimal:

@@ -104,7 +104,7 @@ def special_draft() -> InvoiceDraft:
     """A 数电专票 (bs) for a company buyer: a discounted computer, its discount line, and mice."""
     buyer = Buyer(
         name="杭州某某贸易有限公司",
-        tax_number="91330106MA2B0XXXX1",
+        tax_number="91330106MA2B0QWEF1",
         email="buyer@example.com",
         phone="0571-88888888",  # a landline: printed, but no SMS
         address="杭州市滨江区江南大道100号",

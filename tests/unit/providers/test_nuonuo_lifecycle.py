@@ -51,7 +51,7 @@ def blue() -> InvoiceRef:
         number=BLUE_NUMBER,
         invoice_line="bs",
         buyer_name="杭州某某贸易有限公司",
-        buyer_tax_number="91330106MA2B0XXXX1",
+        buyer_tax_number="91330106MA2B0QWEF1",
     )
 
 
@@ -64,7 +64,7 @@ def paper() -> InvoiceRef:
         number="25330000000000000009",
         invoice_line="es",
         buyer_name="杭州某某贸易有限公司",
-        buyer_tax_number="91330106MA2B0XXXX1",
+        buyer_tax_number="91330106MA2B0QWEF1",
         paper_code="3300251130",
         paper_number="00012345",
     )
@@ -118,7 +118,7 @@ EXPECTED_FULL: dict[str, Any] = {
     "blueElecInvoiceNumber": BLUE_NUMBER,
     "sellerTaxNo": TAX_NUMBER,
     "sellerName": "航信培训企业789113",
-    "buyerTaxNo": "91330106MA2B0XXXX1",
+    "buyerTaxNo": "91330106MA2B0QWEF1",
     "buyerName": "杭州某某贸易有限公司",
     "redReason": "2",
     "orderNo": "shop-SO-1-1-R1",

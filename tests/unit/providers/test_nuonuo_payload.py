@@ -19,7 +19,7 @@ DATE = datetime(2025, 1, 1, 2, 0, 0, tzinfo=UTC)  # 10:00 in Shanghai
 EXPECTED_SPECIAL_ORDER: dict[str, Any] = {
     "order": {
         "buyerName": "杭州某某贸易有限公司",
-        "buyerTaxNum": "91330106MA2B0XXXX1",
+        "buyerTaxNum": "91330106MA2B0QWEF1",
         "buyerTel": "0571-88888888",
         "buyerAddress": "杭州市滨江区江南大道100号",
         "buyerAccount": "招商银行滨江支行 571900000000001",
@@ -232,7 +232,7 @@ ISSUED_ITEM: dict[str, Any] = {
     "taxAmount": "358.00",
     "orderAmount": "3111.87",
     "payerName": "杭州某某贸易有限公司",
-    "payerTaxNo": "91330106MA2B0XXXX1",
+    "payerTaxNo": "91330106MA2B0QWEF1",
     "invoiceKind": "电子发票(增值税专用发票)",
     "invoiceType": "1",
     "someFieldFromTheFuture": {"nested": True},
@@ -274,7 +274,7 @@ def test_issued_item_maps_to_platform_invoice_with_decimals() -> None:
     assert inv.total_excl_tax == Decimal("2753.87")
     assert isinstance(inv.total_tax, Decimal) and inv.total_tax == Decimal("358.00")
     assert inv.total_incl_tax == Decimal("3111.87")
-    assert (inv.buyer_name, inv.buyer_tax_number) == ("杭州某某贸易有限公司", "91330106MA2B0XXXX1")
+    assert (inv.buyer_name, inv.buyer_tax_number) == ("杭州某某贸易有限公司", "91330106MA2B0QWEF1")
     assert (inv.pdf_url, inv.ofd_url, inv.xml_url) == (
         "https://inv.example/x.pdf",
         "https://inv.example/x.ofd",
