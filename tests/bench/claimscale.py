@@ -54,7 +54,14 @@ def run(server: Server, *, quick: bool) -> dict[str, Any]:
             )
             conn.execute("VACUUM ANALYZE cdc_invoice.request")
             claim = q("claim_requests")
-            params = {"limit": 200, "daemon_id": "bench", "lease_seconds": 30.0, "kinds": KINDS}
+            # the daemon's own query: up to 200 due polls first, then fresh rows up to the limit
+            params = {
+                "limit": 200,
+                "poll_limit": 200,
+                "daemon_id": "bench",
+                "lease_seconds": 30.0,
+                "kinds": KINDS,
+            }
             times: list[float] = []
             t_all = time.monotonic()
             while True:

@@ -119,18 +119,18 @@ def print_table(r: dict[str, Any]) -> None:
         pr = cap.get("proposed_32")
         if pr:
             tab.add_row(
-                "  ratio 32 clients: current / proposed / inbox",
-                " / ".join(_fmt(pr.get(f"ratio_{k}")) for k in ("current", "proposed", "inbox")),
+                "  ratio 32 clients: generated / proposed / inbox",
+                " / ".join(_fmt(pr.get(f"ratio_{k}")) for k in ("generated", "proposed", "inbox")),
                 "",
                 "",
             )
         prof = cap.get("profile")
         if prof:
             tab.add_row(
-                "  trigger µs/commit (min): current / proposed / inbox",
+                "  trigger µs/commit (min): generated / current / proposed / inbox",
                 " / ".join(
                     str(prof.get("trigger_us_min", {}).get(k))
-                    for k in ("current", "proposed", "inbox")
+                    for k in ("generated", "current", "proposed", "inbox")
                 ),
                 "",
                 "",
@@ -206,9 +206,9 @@ def markdown(r: dict[str, Any]) -> str:
         if pr:
             rows.append(
                 (
-                    "capture ratio, 32 clients: current / proposed / inbox function",
+                    "capture ratio, 32 clients: generated / proposed / inbox function",
                     " / ".join(
-                        _fmt(pr.get(f"ratio_{k}")) for k in ("current", "proposed", "inbox")
+                        _fmt(pr.get(f"ratio_{k}")) for k in ("generated", "proposed", "inbox")
                     ),
                 )
             )
@@ -216,10 +216,10 @@ def markdown(r: dict[str, Any]) -> str:
         if prof:
             rows.append(
                 (
-                    "trigger server µs per commit (min): current / proposed / inbox",
+                    "trigger server µs per commit (min): generated / current / proposed / inbox",
                     " / ".join(
                         str(prof.get("trigger_us_min", {}).get(k))
-                        for k in ("current", "proposed", "inbox")
+                        for k in ("generated", "current", "proposed", "inbox")
                     ),
                 )
             )
