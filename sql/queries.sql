@@ -48,11 +48,18 @@ UPDATE cdc_invoice.request
 
 -- name: mark_submitted
 -- The platform accepted every part: wait for the result, polled in batches by any daemon.
-UPDATE cdc_invoice.request
-   SET state = 'submitted', progress = %(progress)s, platform_serial = %(serial)s,
-       claimed_by = NULL, lease_until = NULL,
-       run_after = now() + make_interval(secs => %(poll_after)s), updated_at = now()
- WHERE id = %(id)s AND claimed_by = %(daemon_id)s AND attempt = %(attempt)s;
+-- Like every fenced completion below, one statement with its audit event: it changes nothing
+-- unless the request is still ours (claimed_by, attempt), and then writes exactly one event.
+WITH r AS (
+    UPDATE cdc_invoice.request
+       SET state = 'submitted', progress = %(progress)s, platform_serial = %(serial)s,
+           claimed_by = NULL, lease_until = NULL,
+           run_after = now() + make_interval(secs => %(poll_after)s), updated_at = now()
+     WHERE id = %(id)s AND claimed_by = %(daemon_id)s AND attempt = %(attempt)s
+    RETURNING id
+)
+INSERT INTO cdc_invoice.event (actor, request_id, source, order_ref, event, detail)
+SELECT %(daemon_id)s, r.id, %(source)s, %(order_ref)s, %(event)s, %(detail)s FROM r;
 
 -- name: release_poll
 -- Still issuing at the platform: poll again later. Fenced like every completion.
@@ -63,13 +70,18 @@ UPDATE cdc_invoice.request r
  WHERE r.id = f.id AND r.attempt = f.attempt AND r.claimed_by = %(daemon_id)s;
 
 -- name: release_retry
--- A retryable error: back to pending after the backoff.
-UPDATE cdc_invoice.request
-   SET state = CASE WHEN state = 'submitted' THEN 'submitted' ELSE 'pending' END,
-       claimed_by = NULL, lease_until = NULL, retries = retries + 1,
-       run_after = now() + make_interval(secs => %(delay)s),
-       last_error = %(error)s, error_code = %(code)s, hint = %(hint)s, updated_at = now()
- WHERE id = %(id)s AND claimed_by = %(daemon_id)s AND attempt = %(attempt)s;
+-- A retryable error: back to pending after the backoff (fenced, with its event).
+WITH r AS (
+    UPDATE cdc_invoice.request
+       SET state = CASE WHEN state = 'submitted' THEN 'submitted' ELSE 'pending' END,
+           claimed_by = NULL, lease_until = NULL, retries = retries + 1,
+           run_after = now() + make_interval(secs => %(delay)s),
+           last_error = %(error)s, error_code = %(code)s, hint = %(hint)s, updated_at = now()
+     WHERE id = %(id)s AND claimed_by = %(daemon_id)s AND attempt = %(attempt)s
+    RETURNING id
+)
+INSERT INTO cdc_invoice.event (actor, request_id, source, order_ref, event, detail)
+SELECT %(daemon_id)s, r.id, %(source)s, %(order_ref)s, %(event)s, %(detail)s FROM r;
 
 -- name: release_unclaimed
 -- Shutdown: give back rows we claimed but did not start, so another daemon takes them now.
@@ -79,17 +91,81 @@ UPDATE cdc_invoice.request
  WHERE id = ANY(%(ids)s) AND claimed_by = %(daemon_id)s;
 
 -- name: mark_failed
-UPDATE cdc_invoice.request
-   SET state = 'failed', claimed_by = NULL, lease_until = NULL,
-       last_error = %(error)s, error_code = %(code)s, hint = %(hint)s,
-       updated_at = now(), done_at = now()
- WHERE id = %(id)s AND claimed_by = %(daemon_id)s AND attempt = %(attempt)s;
+-- Parked with the reason and the fix (fenced, with its event).
+WITH r AS (
+    UPDATE cdc_invoice.request
+       SET state = 'failed', claimed_by = NULL, lease_until = NULL,
+           last_error = %(error)s, error_code = %(code)s, hint = %(hint)s,
+           updated_at = now(), done_at = now()
+     WHERE id = %(id)s AND claimed_by = %(daemon_id)s AND attempt = %(attempt)s
+    RETURNING id
+)
+INSERT INTO cdc_invoice.event (actor, request_id, source, order_ref, event, detail)
+SELECT %(daemon_id)s, r.id, %(source)s, %(order_ref)s, %(event)s, %(detail)s FROM r;
 
 -- name: mark_done
 UPDATE cdc_invoice.request
    SET state = 'done', claimed_by = NULL, lease_until = NULL, last_error = NULL,
        error_code = NULL, hint = NULL, updated_at = now(), done_at = now()
  WHERE id = %(id)s AND claimed_by = %(daemon_id)s AND attempt = %(attempt)s;
+
+-- name: record_issued
+-- A batch of finished issue requests in one statement: each request still ours (claimed_by,
+-- attempt) is marked done, and its invoices, their lines and one audit event per invoice are
+-- written. A request no longer ours is left out (its id is not returned). Any error, such as
+-- a unique violation because an invoice is recorded already, undoes the whole statement; the
+-- daemon then records the batch again one request per savepoint (record_invoices in
+-- repository.py), so one bad request never holds up the others.
+WITH input AS (
+    SELECT * FROM jsonb_to_recordset(%(invoices)s) AS j(
+        request_id bigint, attempt integer, part integer, source text, order_ref text,
+        seller_id text, invoice_number text, kind text, invoice_line text,
+        original_invoice_id bigint, platform_serial text, platform_order_no text,
+        issued_at timestamptz, buyer_name text, buyer_tax_number text, buyer_email text,
+        buyer_phone text, total_excl_tax numeric, total_tax numeric, total_incl_tax numeric,
+        pdf_url text, ofd_url text, xml_url text, delivery_status text, paper_code text,
+        paper_number text, lines jsonb, event_detail jsonb)
+), done AS (
+    UPDATE cdc_invoice.request r
+       SET state = 'done', claimed_by = NULL, lease_until = NULL, last_error = NULL,
+           error_code = NULL, hint = NULL, updated_at = now(), done_at = now()
+      FROM (SELECT DISTINCT request_id, attempt FROM input) f
+     WHERE r.id = f.request_id AND r.attempt = f.attempt AND r.claimed_by = %(daemon_id)s
+    RETURNING r.id
+), inv AS (
+    INSERT INTO cdc_invoice.invoice (request_id, part, source, order_ref, seller_id,
+            invoice_number, kind, invoice_line, original_invoice_id, platform_serial,
+            platform_order_no, issued_at, buyer_name, buyer_tax_number, buyer_email, buyer_phone,
+            total_excl_tax, total_tax, total_incl_tax, pdf_url, ofd_url, xml_url,
+            delivery_status, paper_code, paper_number)
+    SELECT i.request_id, i.part, i.source, i.order_ref, i.seller_id, i.invoice_number, i.kind,
+           i.invoice_line, i.original_invoice_id, i.platform_serial, i.platform_order_no,
+           i.issued_at, i.buyer_name, i.buyer_tax_number, i.buyer_email, i.buyer_phone,
+           i.total_excl_tax, i.total_tax, i.total_incl_tax, i.pdf_url, i.ofd_url, i.xml_url,
+           i.delivery_status, i.paper_code, i.paper_number
+      FROM input i JOIN done d ON d.id = i.request_id
+    RETURNING id, request_id, part
+), lines AS (
+    INSERT INTO cdc_invoice.invoice_line (invoice_id, line_no, source_line_no, line_property,
+            item_ref, item_name, tax_code, quantity, unit_price, price_includes_tax,
+            amount_excl_tax, tax_rate, tax, amount_incl_tax)
+    SELECT inv.id, l.line_no, l.source_line_no, l.line_property, l.item_ref, l.item_name,
+           l.tax_code, l.quantity, l.unit_price, l.price_includes_tax, l.amount_excl_tax,
+           l.tax_rate, l.tax, l.amount_incl_tax
+      FROM inv JOIN input i ON i.request_id = inv.request_id AND i.part = inv.part
+     CROSS JOIN LATERAL jsonb_to_recordset(i.lines) AS l(
+            line_no integer, source_line_no integer, line_property smallint, item_ref text,
+            item_name text, tax_code text, quantity numeric, unit_price numeric,
+            price_includes_tax boolean, amount_excl_tax numeric, tax_rate numeric, tax numeric,
+            amount_incl_tax numeric)
+), ev AS (
+    INSERT INTO cdc_invoice.event (actor, request_id, invoice_id, source, order_ref, event, detail)
+    SELECT %(daemon_id)s, i.request_id, inv.id, i.source, i.order_ref, 'invoice.recorded',
+           jsonb_build_object('invoice_number', i.invoice_number, 'kind', i.kind)
+           || coalesce(i.event_detail, '{}'::jsonb)
+      FROM inv JOIN input i ON i.request_id = inv.request_id AND i.part = inv.part
+)
+SELECT id FROM done;
 
 -- name: insert_invoice
 INSERT INTO cdc_invoice.invoice (request_id, part, source, order_ref, seller_id, invoice_number,

@@ -210,17 +210,24 @@ class Repository:
     async def _fenced(
         self, query: str, fence: Fence, params: dict[str, Any], event: dict[str, Any]
     ) -> bool:
-        """Apply a named completion only while the request is still ours, with its audit event,
-        in one transaction. False when another daemon took it over (lease expired)."""
-        async with self.connection() as conn, conn.transaction():
+        """Apply a named completion and its audit event only while the request is still ours:
+        one statement (see mark_submitted in queries.sql). False when another daemon took it
+        over (lease expired)."""
+        async with self.connection() as conn:
             cur = await conn.execute(
                 q(query),
-                {"id": fence.id, "attempt": fence.attempt, "daemon_id": self.daemon_id, **params},
+                {
+                    "id": fence.id,
+                    "attempt": fence.attempt,
+                    "daemon_id": self.daemon_id,
+                    "source": event.get("source"),
+                    "order_ref": event.get("order_ref"),
+                    "event": event["event"],
+                    "detail": Jsonb(event["detail"]) if event.get("detail") is not None else None,
+                    **params,
+                },
             )
-            if cur.rowcount != 1:
-                return False
-            await self._event(conn, request_id=fence.id, **event)
-            return True
+            return cur.rowcount == 1
 
     async def mark_submitted(
         self,
@@ -277,13 +284,34 @@ class Repository:
     ) -> list[int]:
         """Record finished requests' invoices and mark them done, several per transaction.
 
-        Each request is fenced and kept in a savepoint, so one that lost its lease (or whose
-        invoice another worker recorded first) is skipped without undoing the others.
-        Returns the ids recorded.
+        The whole batch goes in one statement (record_issued). Should that fail on a unique
+        violation (an invoice recorded already), each request is recorded again in a savepoint
+        of its own, so the one at fault is skipped without undoing the others. A request that
+        lost its lease is skipped either way. Returns the ids recorded.
         """
-        done: list[int] = []
         if not batch:
-            return done
+            return []
+        rows = [{**inv, "attempt": fence.attempt} for fence, invoices in batch for inv in invoices]
+        try:
+            async with self.connection() as conn:
+                cur = await conn.execute(
+                    q("record_issued"), {"invoices": Jsonb(rows), "daemon_id": self.daemon_id}
+                )
+                done = {int(r[0]) for r in await cur.fetchall()}
+        except psycopg.errors.UniqueViolation as exc:
+            log.warning(
+                "recording %d requests at once hit %s; recording them one by one",
+                len(batch),
+                exc.diag.constraint_name,
+            )
+            return await self._record_each(batch)
+        for fence, _ in batch:
+            if fence.id not in done:
+                log.warning("request %s: lease lost before recording; skipped", fence.id)
+        return [fence.id for fence, _ in batch if fence.id in done]
+
+    async def _record_each(self, batch: Sequence[tuple[Fence, list[dict[str, Any]]]]) -> list[int]:
+        done: list[int] = []
         async with self.connection() as conn, conn.transaction():
             for fence, invoices in batch:
                 try:
@@ -478,30 +506,41 @@ class Repository:
     ) -> tuple[dict[str, Buyer], dict[str, ItemTax]]:
         buyers: dict[str, Buyer] = {}
         items: dict[str, ItemTax] = {}
-        async with self.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        buyer_rows: list[dict[str, Any]] = []
+        item_rows: list[dict[str, Any]] = []
+        async with self.connection() as conn:
+            bcur = conn.cursor(row_factory=dict_row)
+            icur = conn.cursor(row_factory=dict_row)
+            async with conn.pipeline():  # both lookups in one round trip
+                if customer_refs:
+                    await bcur.execute(
+                        q("load_buyers"), {"refs": list(customer_refs), "source": source}
+                    )
+                if item_refs:
+                    await icur.execute(q("load_items"), {"refs": list(item_refs), "source": source})
             if customer_refs:
-                await cur.execute(q("load_buyers"), {"refs": list(customer_refs), "source": source})
-                for r in await cur.fetchall():
-                    buyers[r["customer_ref"]] = Buyer(
-                        name=r["name"],
-                        tax_number=r["tax_number"],
-                        email=r["email"],
-                        phone=r["phone"],
-                        address=r["address"],
-                        bank_account=r["bank_account"],
-                        natural_person=r["natural_person"],
-                        invoice_line=r["invoice_type"],
-                    )
+                buyer_rows = await bcur.fetchall()
             if item_refs:
-                await cur.execute(q("load_items"), {"refs": list(item_refs), "source": source})
-                for r in await cur.fetchall():
-                    items[r["item_ref"]] = ItemTax(
-                        item_ref=r["item_ref"],
-                        tax_code=r["tax_code"],
-                        tax_rate=r["tax_rate"],
-                        short_name=r["short_name"],
-                        policy_flag=r["policy_flag"],
-                    )
+                item_rows = await icur.fetchall()
+        for r in buyer_rows:
+            buyers[r["customer_ref"]] = Buyer(
+                name=r["name"],
+                tax_number=r["tax_number"],
+                email=r["email"],
+                phone=r["phone"],
+                address=r["address"],
+                bank_account=r["bank_account"],
+                natural_person=r["natural_person"],
+                invoice_line=r["invoice_type"],
+            )
+        for r in item_rows:
+            items[r["item_ref"]] = ItemTax(
+                item_ref=r["item_ref"],
+                tax_code=r["tax_code"],
+                tax_rate=r["tax_rate"],
+                short_name=r["short_name"],
+                policy_flag=r["policy_flag"],
+            )
         return buyers, items
 
     # --- daemons -------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import psycopg
 import pytest
@@ -130,3 +132,139 @@ def test_claim_uses_the_due_index(installed_dsn: str) -> None:
         ).fetchall()
         text = "\n".join(str(r[0]) for r in plan)
         assert "request_due_idx" in text, text
+
+
+def invoice(request_id: int, number: str, order_no: str) -> dict[str, object]:
+    """An invoice row as the issuer builds it (drafts.invoice_row), with two lines."""
+    line = {
+        "line_no": 1,
+        "source_line_no": 1,
+        "line_property": 0,
+        "item_ref": "P1",
+        "item_name": "*电子计算机*笔记本",
+        "tax_code": "1090511030000000000",
+        "quantity": Decimal("3"),
+        "unit_price": Decimal("33.33333333"),
+        "price_includes_tax": True,
+        "amount_excl_tax": Decimal("88.50"),
+        "tax_rate": Decimal("0.13"),
+        "tax": Decimal("11.50"),
+        "amount_incl_tax": Decimal("100.00"),
+    }
+    return {
+        "request_id": request_id,
+        "part": 1,
+        "source": "shop",
+        "order_ref": str(request_id),
+        "seller_id": "s1",
+        "invoice_number": number,
+        "kind": "blue",
+        "invoice_line": "pc",
+        "original_invoice_id": None,
+        "platform_serial": "S" + number,
+        "platform_order_no": order_no,
+        "issued_at": datetime(2026, 11, 27, 8, 0, tzinfo=UTC),
+        "buyer_name": "某某公司",
+        "buyer_tax_number": None,
+        "buyer_email": None,
+        "buyer_phone": None,
+        "total_excl_tax": Decimal("177.00"),
+        "total_tax": Decimal("23.00"),
+        "total_incl_tax": Decimal("200.00"),
+        "pdf_url": None,
+        "ofd_url": None,
+        "xml_url": None,
+        "delivery_status": None,
+        "paper_code": None,
+        "paper_number": None,
+        "lines": [line, {**line, "line_no": 2, "source_line_no": 2}],
+        "event_detail": {"order_no": order_no, "serial": "S" + number},
+    }
+
+
+async def test_record_invoices_in_one_statement_and_one_by_one_on_conflict(
+    installed_dsn: str,
+) -> None:
+    enqueue(installed_dsn, 6)
+    repo = await open_repo(installed_dsn, "d")
+    try:
+        reqs = sorted(await repo.claim(6, 30), key=lambda r: r.id)
+        fences = [Fence(r.id, r.attempt) for r in reqs]
+        rows = [
+            invoice(r.id, f"2611000000000000{i:04d}", r.platform_order_no + "01")
+            for i, r in enumerate(reqs)
+        ]
+        stale = Fence(fences[2].id, fences[2].attempt - 1)  # a lease lost meanwhile
+
+        # The common case: one statement; the stale request is left out.
+        batch = [(fences[0], [rows[0]]), (fences[1], [rows[1]]), (stale, [rows[2]])]
+        assert sorted(await repo.record_invoices(batch)) == [fences[0].id, fences[1].id]
+
+        # A conflict (request 4's invoice number is request 0's): the batch is recorded again
+        # one request at a time, and only the request at fault is skipped.
+        clash = {**rows[4], "invoice_number": rows[0]["invoice_number"]}
+        batch = [(fences[3], [rows[3]]), (fences[4], [clash]), (fences[5], [rows[5]])]
+        assert sorted(await repo.record_invoices(batch)) == [fences[3].id, fences[5].id]
+
+        with psycopg.connect(installed_dsn) as conn:
+            states = conn.execute(
+                "SELECT id, state FROM cdc_invoice.request ORDER BY id"
+            ).fetchall()
+            assert [s for _, s in states] == ["done", "done", "claimed", "done", "claimed", "done"]
+            recorded = conn.execute(
+                "SELECT request_id, total_incl_tax, count(l.*), sum(l.amount_incl_tax), "
+                "       min(l.unit_price), min(l.item_name) "
+                "  FROM cdc_invoice.invoice i JOIN cdc_invoice.invoice_line l "
+                "    ON l.invoice_id = i.id GROUP BY i.id ORDER BY request_id"
+            ).fetchall()
+            assert recorded == [
+                (
+                    fences[i].id,
+                    Decimal("200.00"),
+                    2,
+                    Decimal("200.00"),
+                    Decimal("33.33333333"),
+                    "*电子计算机*笔记本",
+                )
+                for i in (0, 1, 3, 5)
+            ]
+            events = conn.execute(
+                "SELECT e.request_id, e.actor, e.detail FROM cdc_invoice.event e "
+                " WHERE e.event = 'invoice.recorded' AND e.invoice_id = "
+                "       (SELECT id FROM cdc_invoice.invoice i WHERE i.request_id = e.request_id)"
+                " ORDER BY e.request_id"
+            ).fetchall()
+            assert [e[0] for e in events] == [fences[i].id for i in (0, 1, 3, 5)]
+            assert events[0][1] == "d"
+            assert events[0][2] == {
+                "invoice_number": rows[0]["invoice_number"],
+                "kind": "blue",
+                "order_no": rows[0]["platform_order_no"],
+                "serial": "S" + str(rows[0]["invoice_number"]),
+            }
+    finally:
+        await repo.close()
+
+
+async def test_fenced_completions_write_their_event_only_when_still_ours(
+    installed_dsn: str,
+) -> None:
+    enqueue(installed_dsn, 1)
+    repo = await open_repo(installed_dsn, "d")
+    try:
+        [req] = await repo.claim(1, 30)
+        event = {
+            "event": "platform.submitted",
+            "source": "shop",
+            "order_ref": "1",
+            "detail": {"parts": [{"serial": "X1"}]},
+        }
+        assert not await repo.mark_submitted(Fence(req.id, req.attempt + 1), {}, "X1", 1, event)
+        assert await repo.mark_submitted(Fence(req.id, req.attempt), {"parts": []}, "X1", 1, event)
+        with psycopg.connect(installed_dsn) as conn:
+            assert conn.execute(
+                "SELECT r.state, r.platform_serial, e.actor, e.source, e.order_ref, e.detail "
+                "  FROM cdc_invoice.request r JOIN cdc_invoice.event e ON e.request_id = r.id"
+            ).fetchall() == [("submitted", "X1", "d", "shop", "1", event["detail"])]
+    finally:
+        await repo.close()
