@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,13 +36,16 @@ from cdc_invoice.errors import (
     ProviderRejected,
 )
 from cdc_invoice.invoice import compute, mapping
-from cdc_invoice.invoice.model import InvoiceDraft, Seller
+from cdc_invoice.invoice.model import Buyer, InvoiceDraft, ItemTax, Seller
 from cdc_invoice.providers.base import PlatformInvoice
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Issuer", "SellerCache"]  # SellerCache: for callers that built on this module
 
+
+# source -> (buyers by customer_ref, item tax rows by item_ref)
+MappingsBySource = dict[str, tuple[dict[str, Buyer], dict[str, ItemTax]]]
 
 # Our codes for a request the platform accepted and then failed (status 22/24). retry() gives
 # an ISSUE_FAILED request a new order number (the old one is burned); a PARTIAL_ISSUE (some parts
@@ -64,11 +67,32 @@ class Issuer(Handler):
 
     # --- a claimed request that has not reached the platform (as far as we know) -----------
 
-    async def start(self, req: ClaimedRequest) -> None:
+    async def load_mappings(self, reqs: Sequence[ClaimedRequest]) -> MappingsBySource:
+        """The buyer and item mappings named by a batch of claimed requests, one lookup per
+        source: the requests of one claim share it instead of each asking for its own."""
+        refs: dict[str, tuple[set[str], set[str]]] = {}
+        for req in reqs:
+            try:
+                customers, items = mapping.document_refs(req.document or [])
+            except (AttributeError, TypeError):
+                continue  # a malformed document: its own start() reports it
+            c, i = refs.setdefault(req.source, (set(), set()))
+            c |= customers
+            i |= items
+        return {
+            source: await self.repo.mappings(source, sorted(c), sorted(i))
+            for source, (c, i) in refs.items()
+        }
+
+    async def start(
+        self, req: ClaimedRequest, mappings: Awaitable[MappingsBySource] | None = None
+    ) -> None:
+        """Compute, submit (or adopt) and mark submitted one claimed request. ``mappings``: the
+        claim batch's shared lookup (load_mappings), or None to look up this request's own."""
         fence = Fence(req.id, req.attempt)
         try:
             seller = await self.sellers.for_source(req.source)
-            drafts = await self._compute(req, seller)
+            drafts = await self._compute(req, seller, mappings)
             parts = await self._submit(req, seller, drafts)
         except OrderError as exc:
             await self._fail(req, fence, str(exc), exc.code, _order_hint(exc))
@@ -119,12 +143,18 @@ class Issuer(Handler):
                 "request %s lost its lease while submitting; the new holder adopts it", req.id
             )
 
-    async def _compute(self, req: ClaimedRequest, seller: Seller) -> list[InvoiceDraft]:
+    async def _compute(
+        self,
+        req: ClaimedRequest,
+        seller: Seller,
+        shared: Awaitable[MappingsBySource] | None = None,
+    ) -> list[InvoiceDraft]:
         rows = req.document or []
         customer_refs, item_refs = mapping.document_refs(rows)
-        buyers, items = await self.repo.mappings(
-            req.source, sorted(customer_refs), sorted(item_refs)
-        )
+        found = (await shared).get(req.source) if shared is not None else None
+        if found is None:
+            found = await self.repo.mappings(req.source, sorted(customer_refs), sorted(item_refs))
+        buyers, items = found
         order = mapping.build_order(req.source, req.order_ref, rows, buyers, items, seller)
         return compute.build_invoices(order, seller)
 

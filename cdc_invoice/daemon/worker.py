@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 from cdc_invoice.daemon.issuer import Issuer
@@ -18,6 +19,9 @@ from cdc_invoice.daemon.lifecycle import Lifecycle
 from cdc_invoice.db.repository import ClaimedRequest, DatabaseUnavailable, Repository
 
 log = logging.getLogger(__name__)
+
+TIMER_SLOT = 0.025  # seconds: due-row wake-ups are grouped into slots this wide
+TIMER_SLACK = 0.005  # and fire this much after the row's run_after
 
 
 class Worker:
@@ -53,6 +57,7 @@ class Worker:
         self.inflight: dict[int, asyncio.Task[None]] = {}  # request id -> its task
         self.tasks: set[asyncio.Task[None]] = set()  # what counts against the concurrency
         self._slot_freed = asyncio.Event()
+        self._timers: dict[int, asyncio.TimerHandle] = {}  # wake-ups by TIMER_SLOT bucket
         self.claimed_total = 0
 
     async def run(self) -> None:
@@ -61,6 +66,9 @@ class Worker:
             await self._loop()
         finally:
             renewer.cancel()
+            for timer in self._timers.values():
+                timer.cancel()
+            self._timers.clear()
 
     async def _loop(self) -> None:
         db_delay = 0.2
@@ -92,11 +100,17 @@ class Worker:
         self.claimed_total += len(claimed)
         issue_polls = [r for r in claimed if r.state == "submitted" and r.kind == "issue"]
         other_polls = [r for r in claimed if r.state == "submitted" and r.kind != "issue"]
+        issues = [r for r in claimed if r.state != "submitted" and r.kind == "issue"]
+        # one mapping lookup for the whole batch, awaited by each of its requests
+        mappings = asyncio.ensure_future(self.issuer.load_mappings(issues)) if issues else None
+        if mappings is not None:
+            # its error, if any, is each request's to handle; never "exception not retrieved"
+            mappings.add_done_callback(lambda f: f.cancelled() or f.exception())
         for req in claimed:
             if req.state == "submitted":
                 continue
             if req.kind == "issue":
-                self._track([req.id], self.issuer.start(req))
+                self._track([req.id], self.issuer.start(req, mappings))
             else:
                 self._track([req.id], self.lifecycle.start(req))
         for i in range(0, len(issue_polls), 50):  # one platform query per 50 serials
@@ -117,27 +131,55 @@ class Worker:
                 if self.inflight.get(rid) is t:
                     del self.inflight[rid]
             self._slot_freed.set()
+            # Whatever the task left behind (a result to poll, a slip to check) falls due
+            # result_poll_seconds from now: wake then rather than at the next poll interval.
+            self._wake_later(self.issuer.result_poll_seconds)
             if not t.cancelled() and t.exception() is not None:
                 log.error("request(s) %s: unexpected error", ids, exc_info=t.exception())
 
         task.add_done_callback(done)
 
+    def _wake_later(self, delay: float) -> None:
+        """Set ``wake`` in ``delay`` seconds (a little after, to be sure the row is due), with
+        at most one timer per TIMER_SLOT: a busy worker finishes hundreds of tasks a second
+        and one claim serves all the rows that fell due in a slot."""
+        loop = asyncio.get_running_loop()
+        slot = math.ceil((loop.time() + delay + TIMER_SLACK) / TIMER_SLOT)
+        if slot not in self._timers:
+
+            def fire() -> None:
+                del self._timers[slot]
+                self.wake.set()
+
+            self._timers[slot] = loop.call_at(slot * TIMER_SLOT, fire)
+
     async def _wait(self) -> None:
-        """Until NOTIFY, the poll interval, a freed slot (when full) or stop."""
-        waits = [
-            asyncio.ensure_future(self.wake.wait()),
-            asyncio.ensure_future(self.stopping.wait()),
-        ]
-        if len(self.tasks) >= self.concurrency:
+        """Until NOTIFY or a due row's timer, the poll interval, or stop.
+
+        When fewer than a quarter of the slots are free, wait for that many to free up first
+        (or for the poll interval): one claim query then serves a batch of requests, instead of
+        one query per freed slot (and a NOTIFY cannot spin the loop while there is no room).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.poll_interval
+        batch = max(1, self.concurrency // 4)
+        while not self.stopping.is_set() and self.concurrency - len(self.tasks) < batch:
             self._slot_freed.clear()
-            waits.append(asyncio.ensure_future(self._slot_freed.wait()))
+            if not await self._first(self._slot_freed.wait(), deadline - loop.time()):
+                return
+        await self._first(self.wake.wait(), deadline - loop.time())
+
+    async def _first(self, what: Awaitable[bool], seconds: float) -> bool:
+        """Wait for ``what`` or stop, up to ``seconds``; False on timeout or stop."""
+        waits = [asyncio.ensure_future(what), asyncio.ensure_future(self.stopping.wait())]
         try:
-            await asyncio.wait(
-                waits, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
+            done, _ = await asyncio.wait(
+                waits, timeout=max(seconds, 0.0), return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             for w in waits:
                 w.cancel()
+        return bool(done) and not self.stopping.is_set()
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
