@@ -13,6 +13,8 @@ refresh the token or treat "not found" as empty before it turns the rest into er
 from __future__ import annotations
 
 import asyncio
+import http.cookiejar
+import itertools
 import json
 import logging
 import math
@@ -24,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from importlib import metadata
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlencode
 
 import httpx
@@ -37,6 +39,17 @@ from cdc_invoice.errors import (
 )
 from cdc_invoice.providers.nuonuo import codes, signing
 from cdc_invoice.providers.nuonuo.token import CachedToken, Clock
+
+CONNECTIONS_PER_POOL: Final = 2  # see NuonuoClient.__init__
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """The gateway is stateless: a cookie it set would only carry state from one call (or one
+    seller) to the next, and parsing Set-Cookie on every answer cost CPU."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
 
 logger = logging.getLogger(__name__)
 
@@ -140,19 +153,30 @@ class NuonuoClient:
         self._max_response_bytes = max_response_bytes
         self._deadline = timeout * 3
         self._clock = clock
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            verify=_ssl_context(verify),
-            headers={"User-Agent": user_agent, "Accept": "application/json"},
-            follow_redirects=False,  # a redirected POST could be replayed elsewhere: treat as error
-            transport=transport,
-        )
+        # httpcore walks every pooled connection (and every queued request) on each request
+        # (encode/httpcore#1035): at 16 connections and dozens of calls in flight the walk was
+        # a fifth of the daemon's CPU. Several small pools, taken in turn, keep each walk short.
+        shards = max(1, math.ceil(max_connections / CONNECTIONS_PER_POOL))
+        per_pool = math.ceil(max_connections / shards)
+        self._pools = [
+            httpx.AsyncClient(
+                timeout=httpx.Timeout(timeout),
+                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
+                verify=_ssl_context(verify),
+                headers={"User-Agent": user_agent, "Accept": "application/json"},
+                # a redirected POST could be replayed elsewhere: treat it as an error
+                follow_redirects=False,
+                cookies=_NoCookies(),
+                transport=transport,
+            )
+            for _ in range(shards)
+        ]
+        self._http = self._pools[0]  # builds requests; any pool sends them
+        self._turn = itertools.cycle(self._pools)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for pool in self._pools:
+            await pool.aclose()
 
     # ------------------------------------------------------------ token
 
@@ -303,7 +327,7 @@ class NuonuoClient:
         host = request.url.host
         try:
             async with asyncio.timeout(self._deadline):
-                response = await self._http.send(request, stream=True)
+                response = await next(self._turn).send(request, stream=True)
                 try:
                     body = await self._read_bounded(response, what, after_send, hint)
                 finally:

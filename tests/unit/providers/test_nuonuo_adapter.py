@@ -168,3 +168,23 @@ async def test_separate_token_url(
     ) as provider:
         await provider.query_by_serials(seller, ["1"])
     assert hosts == ["open.nuonuo.test", "sdk.nuonuo.test"]
+
+
+async def test_cookies_set_by_the_gateway_are_never_sent_back(
+    fake: FakeNuonuo,
+    make_provider: Callable[..., NuonuoProvider],
+    seller: Seller,
+    special_draft: InvoiceDraft,
+) -> None:
+    sent: list[str | None] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers.get("cookie"))
+        response = await fake.handler(request)
+        response.headers["set-cookie"] = "SESSION=seller-a; Path=/"
+        return response
+
+    async with make_provider(transport=httpx.MockTransport(handler)) as provider:
+        await provider.issue(seller, special_draft, "shop-SO-1-1")
+        await provider.issue(seller, special_draft, "shop-SO-1-2")
+    assert len(sent) >= 3 and sent == [None] * len(sent)  # token + two issues, no Cookie
