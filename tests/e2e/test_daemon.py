@@ -157,7 +157,9 @@ def test_sigkill_mid_flight_then_restart_gives_exactly_one_invoice_each(
             ).fetchone()
             in_flight = int(row[0]) if row else 0
             time.sleep(0.05)
-    time.sleep(0.6)  # the first calls acted at the platform, their answers are on the way
+    # The sandbox acts half-way through its latency (0.3 s) and answers at 0.6 s: kill between
+    # the two, when the first calls have acted and their answers are still on the way.
+    time.sleep(0.45)
     first.kill()  # SIGKILL: no drain, claims held, issue calls in flight
     assert in_flight > 0, "the kill should land while requests are in flight:\n" + first.output()
     start_daemon(
