@@ -23,8 +23,6 @@ WITH polls AS MATERIALIZED (
      -- a batch of up to 50 polls takes one of the worker's slots
      LIMIT greatest(%(limit)s - (SELECT (count(*) + 49) / 50 FROM polls), 0)
        FOR NO KEY UPDATE SKIP LOCKED
-), due AS (
-    SELECT id FROM polls UNION ALL SELECT id FROM fresh
 )
 UPDATE cdc_invoice.request r
    SET state = CASE WHEN r.state = 'pending' THEN 'claimed' ELSE r.state END,
@@ -35,8 +33,9 @@ UPDATE cdc_invoice.request r
        platform_order_no = coalesce(r.platform_order_no,
                                     cdc_invoice.platform_order_no(r.id, r.generation)),
        updated_at = now()
-  FROM due
- WHERE r.id = due.id
+ -- An array, not a join: the planner cannot know how many rows the CTEs yield (fresh's LIMIT
+ -- is an expression) and, guessing thousands, hash-joined a scan of the whole queue.
+ WHERE r.id = ANY (ARRAY(SELECT id FROM polls UNION ALL SELECT id FROM fresh))
 RETURNING r.id, r.source, r.order_ref, r.kind, r.state, r.attempt, r.retries, r.document,
           r.params, r.invoice_id, r.platform_order_no, r.progress, r.created_at;
 

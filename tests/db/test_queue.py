@@ -9,6 +9,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
+from cdc_invoice.db.queries import q
 from cdc_invoice.db.repository import Fence, Repository
 
 
@@ -132,6 +133,31 @@ def test_claim_uses_the_due_index(installed_dsn: str) -> None:
         ).fetchall()
         text = "\n".join(str(r[0]) for r in plan)
         assert "request_due_idx" in text, text
+
+
+def test_claim_query_never_scans_the_whole_queue(installed_dsn: str) -> None:
+    """The daemon's own claim over a backlog and a history: index scans only, whatever the
+    planner guesses of the CTEs' sizes (a hash join over a Seq Scan once made each claim cost
+    O(queue))."""
+    with psycopg.connect(installed_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO cdc_invoice.request (source, order_ref, kind, state) "
+            "SELECT 's', 'h' || g, 'issue', 'done' FROM generate_series(1, 20000) g"
+        )
+        enqueue(installed_dsn, 20000)
+        conn.execute("ANALYZE cdc_invoice.request")
+        params = {
+            "limit": 8,
+            "poll_limit": 400,
+            "daemon_id": "d",
+            "lease_seconds": 30.0,
+            "kinds": ["issue"],
+        }
+        plan = "\n".join(
+            str(r[0]) for r in conn.execute("EXPLAIN " + q("claim_requests"), params).fetchall()
+        )
+        assert "Seq Scan" not in plan, plan
+        assert "request_pkey" in plan and "request_due_idx" in plan, plan
 
 
 def invoice(request_id: int, number: str, order_no: str) -> dict[str, object]:
