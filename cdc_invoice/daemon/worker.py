@@ -20,8 +20,8 @@ from cdc_invoice.db.repository import ClaimedRequest, DatabaseUnavailable, Repos
 
 log = logging.getLogger(__name__)
 
-TIMER_SLOT = 0.025  # seconds: due-row wake-ups are grouped into slots this wide
-TIMER_SLACK = 0.005  # and fire this much after the row's run_after
+TIMER_SLOT = 0.01  # seconds: due-row wake-ups are grouped into slots this wide
+TIMER_SLACK = 0.002  # and fire this much after the row's run_after
 
 
 class Worker:
