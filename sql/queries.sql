@@ -36,7 +36,9 @@ UPDATE cdc_invoice.request r
  -- An array, not a join: the planner cannot know how many rows the CTEs yield (fresh's LIMIT
  -- is an expression) and, guessing thousands, hash-joined a scan of the whole queue.
  WHERE r.id = ANY (ARRAY(SELECT id FROM polls UNION ALL SELECT id FROM fresh))
-RETURNING r.id, r.source, r.order_ref, r.kind, r.state, r.attempt, r.retries, r.document,
+-- A result to poll needs its progress, not the document (the largest value in the row).
+RETURNING r.id, r.source, r.order_ref, r.kind, r.state, r.attempt, r.retries,
+          CASE WHEN r.state = 'submitted' THEN NULL ELSE r.document END AS document,
           r.params, r.invoice_id, r.platform_order_no, r.progress, r.created_at;
 
 -- name: renew_leases
