@@ -176,6 +176,20 @@ def test_sigkill_mid_flight_then_restart_gives_exactly_one_invoice_each(
     assert adopted is not None and adopted[0] > 0
 
 
+def test_a_result_is_polled_when_due_not_at_the_next_poll_interval(
+    shop_dsn: str, sandbox: harness.Sandbox, start_daemon: StartDaemon
+) -> None:
+    """Once the platform has accepted an order nothing notifies the daemon again: it wakes
+    itself when the result falls due, so one order is recorded in about result_poll_seconds
+    + the issue delay, not at the next poll interval (30 s here)."""
+    sandbox.configure(issue_delay_ms=200, latency_ms=0)
+    start_daemon(shop_dsn, sandbox, poll_interval=30.0, result_poll_seconds=0.3)
+    demo.ship_orders(shop_dsn, 1, connections=1)
+    t0 = time.monotonic()
+    assert wait_done(shop_dsn, 1, timeout=60) == (1, 0)
+    assert time.monotonic() - t0 < 10, "the daemon waited for its poll interval"
+
+
 def test_sigterm_drains_and_exits_cleanly(
     shop_dsn: str, sandbox: harness.Sandbox, start_daemon: StartDaemon
 ) -> None:
