@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -188,6 +190,41 @@ def test_a_result_is_polled_when_due_not_at_the_next_poll_interval(
     t0 = time.monotonic()
     assert wait_done(shop_dsn, 1, timeout=60) == (1, 0)
     assert time.monotonic() - t0 < 10, "the daemon waited for its poll interval"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_full_worker_waits_quietly_for_a_free_slot(
+    shop_dsn: str, sandbox: harness.Sandbox, start_daemon: StartDaemon
+) -> None:
+    """Orders that arrive while every slot is busy wait without burning CPU (a NOTIFY while
+    full once spun the claim loop until a slot freed up)."""
+    # each issue call holds its slot 1.5 s (the harness's platform timeout is 2 s)
+    sandbox.configure(latency_ms=1500)
+    daemon = start_daemon(shop_dsn, sandbox, concurrency=2, poll_interval=30.0)
+    demo.ship_orders(shop_dsn, 2, connections=1)
+    with psycopg.connect(shop_dsn, autocommit=True) as conn:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM cdc_invoice.request WHERE state = 'claimed'"
+            ).fetchone()
+            if row and row[0] == 2:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the daemon never had both slots busy:\n" + daemon.output())
+    demo.ship_orders(shop_dsn, 1, connections=1, seed=8)  # its NOTIFY arrives while full
+    time.sleep(0.1)
+    before = cpu_seconds(daemon.popen.pid)
+    time.sleep(0.8)  # both slots are still busy
+    used = cpu_seconds(daemon.popen.pid) - before
+    assert used < 0.3, f"the full worker used {used:.2f} s of CPU in 0.8 s"
+    assert wait_done(shop_dsn, 3, timeout=60) == (3, 0), daemon.output()[-3000:]
 
 
 def test_sigterm_drains_and_exits_cleanly(
