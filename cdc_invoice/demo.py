@@ -8,6 +8,7 @@ total equals the order's.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import tempfile
 import threading
@@ -87,18 +88,20 @@ def ship_orders(dsn: str, count: int, connections: int = 5, seed: int = 7) -> li
     return sorted(shipped)
 
 
-def wait_for_requests(dsn: str, expected: int, timeout: float = 120.0) -> tuple[int, int]:
+def wait_for_requests(
+    dsn: str, expected: int, timeout: float = 120.0, *, progress: bool = True
+) -> tuple[int, int]:
+    """(done, failed) issue requests once they add up to ``expected`` or at the timeout."""
     deadline = time.monotonic() + timeout
     done = failed = 0
-    with (
-        psycopg.connect(dsn, autocommit=True) as conn,
-        console.status("waiting for invoices") as st,
-    ):
+    status = console.status("waiting for invoices") if progress else None
+    with psycopg.connect(dsn, autocommit=True) as conn, status or contextlib.nullcontext():
         while time.monotonic() < deadline:
             row = conn.execute(Q("issue_progress")).fetchone()
             assert row is not None
             done, failed = int(row[0]), int(row[1])
-            st.update(f"invoices recorded: {done}/{expected}, failed: {failed}")
+            if status is not None:
+                status.update(f"invoices recorded: {done}/{expected}, failed: {failed}")
             if done + failed >= expected:
                 break
             time.sleep(0.25)

@@ -21,17 +21,7 @@ StartDaemon = Callable[..., harness.Proc]
 
 
 def wait_done(dsn: str, expected: int, timeout: float = 120.0) -> tuple[int, int]:
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        while True:
-            row = conn.execute(
-                "SELECT count(*) FILTER (WHERE state = 'done'), count(*) FILTER (WHERE state = 'failed')"
-                " FROM cdc_invoice.request"
-            ).fetchone()
-            assert row is not None
-            if row[0] + row[1] >= expected or time.monotonic() > deadline:
-                return int(row[0]), int(row[1])
-            time.sleep(0.2)
+    return demo.wait_for_requests(dsn, expected, timeout, progress=False)
 
 
 async def platform_invoices(sb: harness.Sandbox, order_nos: list[str]) -> dict[str, str]:

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from cdc_invoice import harness
+from cdc_invoice import demo, harness
 from cdc_invoice.db import schema
 from cdc_invoice.db.queries import sql_file
 
@@ -87,20 +87,6 @@ def expected_totals(dsn: str) -> dict[str, Decimal]:
         for order_id, freight in conn.execute("SELECT order_id, freight::text FROM orders"):
             totals[str(order_id)] += cents(Decimal(freight))
     return dict(totals)
-
-
-def wait_for(dsn: str, count: int, timeout: float) -> tuple[int, int]:
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        while True:
-            row = conn.execute(
-                "SELECT count(*) FILTER (WHERE state = 'done'), "
-                "count(*) FILTER (WHERE state = 'failed') FROM cdc_invoice.request"
-            ).fetchone()
-            assert row is not None
-            if row[0] + row[1] >= count or time.monotonic() > deadline:
-                return int(row[0]), int(row[1])
-            time.sleep(0.2)
 
 
 def cli(*args: str) -> str:
@@ -176,7 +162,7 @@ def test_northwind_830_orders_invoiced_without_changing_its_schema(
     for t in threads:
         t.join()
 
-    done, failed = wait_for(fresh_dsn, 830, timeout=75)
+    done, failed = demo.wait_for_requests(fresh_dsn, 830, 75, progress=False)
     t_done = time.monotonic()
     assert (done, failed) == (830, 0), daemon.output()[-4000:]
 
