@@ -33,7 +33,9 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- The document snapshot of one order as an SQL expression: the view's rows for the order key
--- given by key_expr (e.g. NEW."order_id"), as a JSON array of to_jsonb(row). The capture
+-- given by key_expr (e.g. NEW."order_id"), as a json array of the rows: json_agg, not jsonb,
+-- because the capture trigger builds it inside the inventory's transaction and json costs ~25 %
+-- less there (docs/benchmarks.md). The capture
 -- trigger, backfill and preview all embed this one expression, so numbers take the same path
 -- everywhere (a real 9.65 becomes the JSON number 9.65 -- its shortest round-trip decimal -- and
 -- the daemon reads JSON numbers as Decimal). order_ref is compared with the key natively when
@@ -56,7 +58,7 @@ BEGIN
                     WHERE o.oprname = '=' AND o.oprleft = v_ref AND o.oprright = v_key)
         OR ((SELECT t.typcategory FROM pg_type t WHERE t.oid = v_ref) = 'S'
             AND (SELECT t.typcategory FROM pg_type t WHERE t.oid = v_key) = 'S');
-    RETURN format('coalesce((SELECT jsonb_agg(to_jsonb(d)) FROM %s d WHERE %s), ''[]''::jsonb)',
+    RETURN format('coalesce((SELECT json_agg(d) FROM %s d WHERE %s), ''[]''::json)',
                   view,
                   CASE WHEN v_native THEN format('d.order_ref = %s', key_expr)
                        ELSE format('d.order_ref::text = (%s)::text', key_expr) END);
@@ -181,7 +183,7 @@ BEGIN
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
         DECLARE
             v_ref   text;
-            v_doc   jsonb;
+            v_doc   json;
             v_err   text;
             v_state text;
         BEGIN

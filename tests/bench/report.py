@@ -119,18 +119,21 @@ def print_table(r: dict[str, Any]) -> None:
         pr = cap.get("proposed_32")
         if pr:
             tab.add_row(
-                "  ratio 32 clients: generated / proposed / inbox",
-                " / ".join(_fmt(pr.get(f"ratio_{k}")) for k in ("generated", "proposed", "inbox")),
+                "  ratio 32 clients: generated / v2 jsonb / proposed / inbox",
+                " / ".join(
+                    _fmt(pr.get(f"ratio_{k}"))
+                    for k in ("generated", "jsonb_snapshot", "proposed", "inbox")
+                ),
                 "",
                 "",
             )
         prof = cap.get("profile")
         if prof:
             tab.add_row(
-                "  trigger µs/commit (min): generated / current / proposed / inbox",
+                "  trigger µs/commit (min): generated / current / v2 jsonb / proposed / inbox",
                 " / ".join(
                     str(prof.get("trigger_us_min", {}).get(k))
-                    for k in ("generated", "current", "proposed", "inbox")
+                    for k in ("generated", "current", "jsonb_snapshot", "proposed", "inbox")
                 ),
                 "",
                 "",
@@ -206,9 +209,10 @@ def markdown(r: dict[str, Any]) -> str:
         if pr:
             rows.append(
                 (
-                    "capture ratio, 32 clients: generated / proposed / inbox function",
+                    "capture ratio, 32 clients: generated / v2 jsonb / proposed / inbox function",
                     " / ".join(
-                        _fmt(pr.get(f"ratio_{k}")) for k in ("generated", "proposed", "inbox")
+                        _fmt(pr.get(f"ratio_{k}"))
+                        for k in ("generated", "jsonb_snapshot", "proposed", "inbox")
                     ),
                 )
             )
@@ -216,10 +220,11 @@ def markdown(r: dict[str, Any]) -> str:
         if prof:
             rows.append(
                 (
-                    "trigger server µs per commit (min): generated / current / proposed / inbox",
+                    "trigger server µs per commit (min): generated / current / v2 jsonb / proposed / "
+                    "inbox",
                     " / ".join(
                         str(prof.get("trigger_us_min", {}).get(k))
-                        for k in ("generated", "current", "proposed", "inbox")
+                        for k in ("generated", "current", "jsonb_snapshot", "proposed", "inbox")
                     ),
                 )
             )

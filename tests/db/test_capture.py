@@ -41,7 +41,7 @@ def new_order(
 
 def requests(conn: psycopg.Connection[tuple[object, ...]]) -> list[tuple[object, ...]]:
     return conn.execute(
-        "SELECT order_ref, kind, state, jsonb_array_length(document) "
+        "SELECT order_ref, kind, state, json_array_length(document) "
         "FROM cdc_invoice.request ORDER BY id"
     ).fetchall()
 
@@ -259,7 +259,7 @@ def test_chinese_identifiers_text_keys_and_odd_source_names(installed_dsn: str) 
                         INSERT INTO "进销存"."销售明细" VALUES ('SO-001', 1, '茶叶', 2, 99.5);
                         UPDATE "进销存"."销售单" SET "状态" = '已发货'""")
         row = conn.execute(
-            "SELECT source, order_ref, jsonb_array_length(document) FROM cdc_invoice.request"
+            "SELECT source, order_ref, json_array_length(document) FROM cdc_invoice.request"
         ).fetchone()
         assert row == ("销售 'quoted\"", "SO-001", 1)
 
@@ -296,6 +296,6 @@ def test_a_failing_snapshot_never_blocks_the_inventory_commit(shop_dsn: str) -> 
         conn.execute("UPDATE shop.order_lines SET quantity = 1 WHERE order_id = %s", (oid,))
         conn.execute("SELECT cdc_invoice.retry(%s)", (row[0],))
         fixed = conn.execute(
-            "SELECT state, jsonb_array_length(document) FROM cdc_invoice.request"
+            "SELECT state, json_array_length(document) FROM cdc_invoice.request"
         ).fetchone()
         assert fixed == ("pending", 1)

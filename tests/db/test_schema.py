@@ -60,6 +60,73 @@ def test_upgrade_from_version_1_with_data(fresh_dsn: str, installed_dsn: str) ->
     assert schema.diff_catalogues(upgraded, fresh) == []
 
 
+def test_upgrade_to_json_documents_keeps_them_and_refreshes_capture(fresh_dsn: str) -> None:
+    """Version 2 stored documents as jsonb and its capture functions built them with
+    jsonb_agg: the upgrade keeps every stored document's numbers exactly, and the install's
+    reattach switches the attached source to the cheaper json_agg snapshot."""
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        for version, name in migrations():
+            if version <= 2:
+                conn.execute(sql_file(name))
+        for name in schema.REPLACEABLE:
+            conn.execute(sql_file(name))
+        conn.execute(sql_file("examples/demo_shop.sql"))
+        fn = conn.execute("SELECT capture_fn FROM cdc_invoice.source").fetchone()
+        assert fn is not None
+        body = str(
+            conn.execute(
+                "SELECT pg_get_functiondef(%s::regprocedure)", (f"cdc_invoice.{fn[0]}()",)
+            ).fetchone()[0]  # type: ignore[index]
+        )
+        old = (
+            body.replace("json_agg(d)", "jsonb_agg(to_jsonb(d))")
+            .replace("'[]'::json)", "'[]'::jsonb)")
+            .replace("v_doc   json;", "v_doc   jsonb;")
+        )
+        assert old != body
+        conn.execute(old)  # the capture function as version 2 generated it
+        conn.execute(
+            "INSERT INTO shop.orders (customer_id) VALUES ('C001'), ('C002');"
+            "INSERT INTO shop.order_lines (order_id, line_no, sku, quantity, unit_price) "
+            "SELECT o, 1, 'P-MOUSE', 2.5, 79.90 FROM generate_series(1, 2) o"
+        )
+        conn.execute("UPDATE shop.orders SET status = 'shipped' WHERE order_id = 1")
+        conn.execute(
+            "INSERT INTO cdc_invoice.request (source, order_ref, kind, document) VALUES "
+            """('s', 'x', 'issue', '[{"q": 0.1, "p": 9007199254740993, "u": 19.990}]')"""
+        )
+        before = conn.execute(
+            "SELECT order_ref, document::text FROM cdc_invoice.request ORDER BY id"
+        ).fetchall()
+        assert conn.execute(
+            "SELECT format_type(atttypid, NULL) FROM pg_attribute "
+            "WHERE attrelid = 'cdc_invoice.request'::regclass AND attname = 'document'"
+        ).fetchone() == ("jsonb",)
+
+    result = schema.install(fresh_dsn)
+    assert (result.before, result.applied) == (2, ["migrations/0003_document_json.sql"])
+    assert "refreshed capture of 1 attached source(s)" in result.notes
+
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        after = conn.execute(
+            "SELECT order_ref, document::text FROM cdc_invoice.request ORDER BY id"
+        ).fetchall()
+        assert after == before  # jsonb's text, kept as is: 0.1, 9007199254740993, 19.990
+        assert '"u": 19.990' in after[1][1] and "9007199254740993" in after[1][1]
+        refreshed = str(
+            conn.execute(
+                "SELECT pg_get_functiondef(%s::regprocedure)", (f"cdc_invoice.{fn[0]}()",)
+            ).fetchone()[0]  # type: ignore[index]
+        )
+        assert "json_agg(d)" in refreshed and "jsonb_agg" not in refreshed
+        conn.execute("UPDATE shop.orders SET status = 'shipped' WHERE order_id = 2")
+        row = conn.execute(
+            "SELECT pg_typeof(document)::text, json_array_length(document) "
+            "FROM cdc_invoice.request WHERE source = 'shop' AND order_ref = '2'"
+        ).fetchone()
+        assert row is not None and row[0] == "json" and row[1] > 0
+
+
 def test_newer_schema_is_refused(installed_dsn: str) -> None:
     with psycopg.connect(installed_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO cdc_invoice.schema_version VALUES (999, 'future')")
