@@ -163,6 +163,9 @@ CREATE TABLE cdc_invoice.invoice (
 );
 CREATE INDEX invoice_order_idx ON cdc_invoice.invoice (source, order_ref);
 CREATE INDEX invoice_issued_idx ON cdc_invoice.invoice (issued_at);
+-- A blue invoice's reds (partial reversals, status); partial: blue inserts add no entry.
+CREATE INDEX invoice_original_idx ON cdc_invoice.invoice (original_invoice_id)
+    WHERE original_invoice_id IS NOT NULL;
 
 CREATE TABLE cdc_invoice.invoice_line (
     invoice_id      bigint NOT NULL REFERENCES cdc_invoice.invoice ON DELETE CASCADE,
@@ -240,4 +243,4 @@ CREATE TABLE cdc_invoice.reconciliation (
 CREATE INDEX reconciliation_day_idx ON cdc_invoice.reconciliation (day, run_at);
 
 INSERT INTO cdc_invoice.schema_version (version, description) VALUES (1, 'initial'), (2, 'reconciliation'),
-    (3, 'document json');
+    (3, 'document json'), (4, 'red invoice index');
