@@ -34,6 +34,8 @@ CREATE SCHEMA IF NOT EXISTS peer;
 DROP TABLE IF EXISTS peer.invoice_line, peer.invoice;
 CREATE TABLE peer.invoice (LIKE cdc_invoice.invoice INCLUDING ALL);
 CREATE TABLE peer.invoice_line (LIKE cdc_invoice.invoice_line INCLUDING ALL);
+-- LIKE copies no foreign keys: the peers' lines are checked against their invoices as ours are.
+ALTER TABLE peer.invoice_line ADD FOREIGN KEY (invoice_id) REFERENCES peer.invoice ON DELETE CASCADE;
 """
 
 json_loads = partial(json.loads, parse_float=Decimal)
