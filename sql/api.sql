@@ -34,7 +34,7 @@ $$;
 
 -- The document snapshot of one order as an SQL expression: the view's rows for the order key
 -- given by key_expr (e.g. NEW."order_id"), as a json array of the rows: json_agg, not jsonb,
--- because the capture trigger builds it inside the inventory's transaction and json costs ~25 %
+-- because the capture trigger builds it inside the inventory's transaction and json costs ~15-20 %
 -- less there (docs/benchmarks.md). The capture
 -- trigger, backfill and preview all embed this one expression, so numbers take the same path
 -- everywhere (a real 9.65 becomes the JSON number 9.65 -- its shortest round-trip decimal -- and
