@@ -79,7 +79,7 @@ class ProviderConfig:
     )
     max_connections: int = field(
         default=16,  # a small pool: httpcore bookkeeping grows with it (encode/httpcore#1035)
-        metadata={"doc": "keep-alive connections to the platform, in pools of 2"},
+        metadata={"doc": "keep-alive connections to the platform"},
     )
     credentials: dict[str, CredentialConfig] = field(default_factory=dict)
 

@@ -1,10 +1,11 @@
 """Nuonuo transport: token requests, the signed gateway envelope (§2.3, §2.4) and error mapping.
 
-This is the only module that sees httpx. Transport failures and non-protocol answers become
-``cdc_invoice.errors`` exceptions here, once, chosen by one question: could the platform have
-acted on the request? If nothing was sent (connect failures) or the call only reads (queries,
-tokens), the answer is ProviderUnavailable; if a creating call was sent and no protocol answer
-came back, it is OutcomeUnknown, so the daemon queries by order number before trying again.
+This module and its HTTP engine (transport.py) are the only ones that see httpx. Transport
+failures and non-protocol answers become ``cdc_invoice.errors`` exceptions here, once, chosen
+by one question: could the platform have acted on the request? If nothing was sent (connect
+failures) or the call only reads (queries, tokens), the answer is ProviderUnavailable; if a
+creating call was sent and no protocol answer came back, it is OutcomeUnknown, so the daemon
+queries by order number before trying again.
 
 Business codes are not mapped here: ``call`` returns them as an ``Answer`` so the adapter can
 refresh the token or treat "not found" as empty before it turns the rest into errors.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import http.cookiejar
-import itertools
 import json
 import logging
 import math
@@ -39,8 +39,7 @@ from cdc_invoice.errors import (
 )
 from cdc_invoice.providers.nuonuo import codes, signing
 from cdc_invoice.providers.nuonuo.token import CachedToken, Clock
-
-CONNECTIONS_PER_POOL: Final = 2  # see NuonuoClient.__init__
+from cdc_invoice.providers.nuonuo.transport import AiohttpTransport
 
 
 class _NoCookies(http.cookiejar.CookieJar):
@@ -131,7 +130,8 @@ class NuonuoClient:
         another host (``https://open.nuonuo.com/accessToken``).
     :param timeout: seconds for each of connect / read / write / pool wait; a whole exchange is
         additionally capped at three times this, so a server that drips bytes cannot hold a call.
-    :param transport: for tests (``httpx.MockTransport``); ``verify`` is then ignored.
+    :param transport: for tests (``httpx.MockTransport``); ``verify`` is then ignored. By
+        default aiohttp sends (``transport.AiohttpTransport``).
     """
 
     def __init__(
@@ -153,30 +153,21 @@ class NuonuoClient:
         self._max_response_bytes = max_response_bytes
         self._deadline = timeout * 3
         self._clock = clock
-        # httpcore walks every pooled connection (and every queued request) on each request
-        # (encode/httpcore#1035): at 16 connections and dozens of calls in flight the walk was
-        # a fifth of the daemon's CPU. Several small pools, taken in turn, keep each walk short.
-        shards = max(1, math.ceil(max_connections / CONNECTIONS_PER_POOL))
-        per_pool = math.ceil(max_connections / shards)
-        self._pools = [
-            httpx.AsyncClient(
-                timeout=httpx.Timeout(timeout),
-                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
-                verify=_ssl_context(verify),
-                headers={"User-Agent": user_agent, "Accept": "application/json"},
-                # a redirected POST could be replayed elsewhere: treat it as an error
-                follow_redirects=False,
-                cookies=_NoCookies(),
-                transport=transport,
-            )
-            for _ in range(shards)
-        ]
-        self._http = self._pools[0]  # builds requests; any pool sends them
-        self._turn = itertools.cycle(self._pools)
+        # httpx is the API; aiohttp sends (transport.py): httpcore's pool, which walks every
+        # connection and queued request on each request (encode/httpcore#1035), and its
+        # pure-Python layers were a fifth to a third of the daemon's CPU.
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            transport=transport
+            or AiohttpTransport(max_connections=max_connections, verify=_ssl_context(verify)),
+            headers={"User-Agent": user_agent, "Accept": "application/json"},
+            # a redirected POST could be replayed elsewhere: treat it as an error
+            follow_redirects=False,
+            cookies=_NoCookies(),
+        )
 
     async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()
+        await self._http.aclose()
 
     # ------------------------------------------------------------ token
 
@@ -327,7 +318,7 @@ class NuonuoClient:
         host = request.url.host
         try:
             async with asyncio.timeout(self._deadline):
-                response = await next(self._turn).send(request, stream=True)
+                response = await self._http.send(request, stream=True)
                 try:
                     body = await self._read_bounded(response, what, after_send, hint)
                 finally:
