@@ -34,9 +34,9 @@ $$;
 
 -- The document snapshot of one order as an SQL expression: the view's rows for the order key
 -- given by key_expr (e.g. NEW."order_id"), as a json array of the rows: json_agg, not jsonb,
--- because the capture trigger builds it inside the inventory's transaction and json costs ~15-20 %
--- less there (docs/benchmarks.md). The capture
--- trigger, backfill and preview all embed this one expression, so numbers take the same path
+-- because the capture trigger builds it inside the inventory's transaction and json costs ~15 %
+-- less there (docs/benchmarks.md). The capture trigger, backfill and preview all embed this
+-- one expression, so numbers take the same path
 -- everywhere (a real 9.65 becomes the JSON number 9.65 -- its shortest round-trip decimal -- and
 -- the daemon reads JSON numbers as Decimal). order_ref is compared with the key natively when
 -- the types allow it (same type, an = operator between them such as smallint = integer, or

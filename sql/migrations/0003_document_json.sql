@@ -1,9 +1,10 @@
 -- 0003: the captured document is stored as json, not jsonb.
 --
 -- The capture trigger runs inside every order-completing transaction of the inventory: building
--- the snapshot with json_agg(d) instead of jsonb_agg(to_jsonb(d)) takes 105-117 instead of 124-148
--- µs of that transaction's server time (docs/benchmarks.md), and the stored text is smaller (5-line
--- demo order: 1,146 vs 1,344 bytes), which every later row version of the request copies.
+-- the snapshot with json_agg(d) instead of jsonb_agg(to_jsonb(d)) takes ~15 % less of that
+-- transaction's server time (7-21 % in three measurements, docs/benchmarks.md), and the stored
+-- text is smaller (5-line demo order: 1,146 vs 1,344 bytes), which every later row version of
+-- the request copies.
 -- Numbers keep their exact text either way; the daemon reads both types alike.
 --
 -- ALTER COLUMN TYPE rewrites cdc_invoice.request under an ACCESS EXCLUSIVE lock: order
