@@ -107,7 +107,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             response = await session.request(
                 request.method,
                 str(request.url),
-                headers=list(request.headers.multi_items()),
+                # as httpx built them, names in their original case (some gateways care)
+                headers=[
+                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
+                ],
                 data=request.content or None,
                 allow_redirects=False,
                 compress=None,

@@ -39,6 +39,7 @@ class Platform:
     gateway: str = "ok"
     connections: int = 0
     requests: list[tuple[bytes, dict[str, str], bytes]] = field(default_factory=list)
+    heads: list[bytes] = field(default_factory=list)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -49,6 +50,7 @@ class Platform:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
                 line, *rest = head.decode("latin-1").split("\r\n")
                 headers = {
                     k.strip().lower(): v.strip()
@@ -152,6 +154,8 @@ async def test_answers_arrive_over_one_kept_alive_connection_without_cookies(
         assert headers["host"] == url.removeprefix("http://")
     line, headers, body = p.requests[1]
     assert line.startswith(b"POST /open/v1/services")
+    # header names go out as httpx built them (the signature headers included), not lower-cased
+    assert b"\r\nUser-Agent: " in p.heads[1] and b"\r\nContent-Type: " in p.heads[1]
     assert int(headers["content-length"]) == len(body)
     assert json.loads(body)  # the signed business JSON, as sent
 
