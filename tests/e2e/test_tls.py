@@ -3,6 +3,7 @@ is configured (provider.ca_file)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import time
@@ -17,6 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from cdc_invoice import demo, harness
+from cdc_invoice.invoice.model import Seller
+from cdc_invoice.providers.nuonuo import Credentials, MemoryTokenStore, NuonuoProvider
+from tests.bench import loadgen
 
 StartDaemon = Callable[..., harness.Proc]
 
@@ -117,3 +121,53 @@ def test_daemon_refuses_an_unknown_ca_and_accepts_the_configured_one(
     finally:
         trusting.stop()
     assert demo.verify_invoices(shop_dsn, orders, tls_sandbox) == []
+
+
+async def test_an_https_platform_is_reached_through_an_environment_proxy(
+    tls_sandbox: harness.Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTPS_PROXY with credentials, as an office network has it: the client opens a CONNECT
+    tunnel through the proxy (credentials on the CONNECT, never inside the tunnel) and verifies
+    the platform's certificate end to end."""
+    seen: list[bytes] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def connect_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head)
+        host, _, port = head.split(b" ")[1].decode().rpartition(":")
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await writer.drain()
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    proxy = await asyncio.start_server(connect_proxy, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    monkeypatch.setenv("HTTPS_PROXY", f"http://ops:s3cret@127.0.0.1:{port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    seller = Seller(seller_id="main", tax_number=harness.SELLER_TAX_NUMBER, name="proxy test")
+    provider = NuonuoProvider(
+        base_url=tls_sandbox.url,
+        credentials={"main": Credentials(tls_sandbox.app_key, tls_sandbox.app_secret)},
+        token_store=MemoryTokenStore(),
+        verify=str(tls_sandbox.verify),
+    )
+    try:
+        accepted = await provider.issue(seller, loadgen.draft(seller, "p-1"), "PROXYTEST0000000001")
+        found = await provider.query_by_serials(seller, [accepted.serial])
+    finally:
+        await provider.aclose()
+        proxy.close()
+    assert [f.serial for f in found] == [accepted.serial]
+    assert seen and all(h.startswith(b"CONNECT 127.0.0.1:") for h in seen)
+    assert b"Proxy-Authorization: Basic b3BzOnMzY3JldA==\r\n" in seen[0]  # ops:s3cret

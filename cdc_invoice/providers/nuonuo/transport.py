@@ -13,13 +13,16 @@ protocol error, which an issue call turns into OutcomeUnknown.
 
 from __future__ import annotations
 
+import base64
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Final
 
 import aiohttp
 import httpx
+from yarl import URL
 
 CHUNK: Final = 64 * 1024
 
@@ -35,6 +38,8 @@ def _mapped(request: httpx.Request) -> Iterator[None]:
         raise httpx.ReadTimeout(str(exc) or "read timeout", request=request) from exc
     except aiohttp.ClientConnectorError as exc:  # refused, DNS, TLS handshake/verification
         raise httpx.ConnectError(str(exc), request=request) from exc
+    except aiohttp.ClientHttpProxyError as exc:  # the proxy refused to connect us: not sent
+        raise httpx.ProxyError(str(exc), request=request) from exc
     except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
         raise httpx.UnsupportedProtocol(str(exc), request=request) from exc
     except aiohttp.ServerDisconnectedError as exc:
@@ -45,6 +50,33 @@ def _mapped(request: httpx.Request) -> Iterator[None]:
         raise httpx.ReadError(str(exc), request=request) from exc
     except aiohttp.ClientError as exc:  # a malformed answer and anything newer
         raise httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}", request=request) from exc
+
+
+class _EnvProxies:
+    """HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY, read once as httpx reads them by default
+    (a custom transport turns httpx's own reading off), resolved once per scheme and host."""
+
+    def __init__(self) -> None:
+        self._env = urllib.request.getproxies_environment()
+        self._resolved: dict[tuple[str, str], tuple[str | None, str | None]] = {}
+
+    def for_url(self, url: httpx.URL) -> tuple[str | None, str | None]:
+        """(proxy URL without credentials, its Proxy-Authorization value) or (None, None)."""
+        key = (url.scheme, url.host)
+        if key not in self._resolved:
+            proxy = self._env.get(url.scheme) or self._env.get("all")
+            if proxy and urllib.request.proxy_bypass(url.host):  # NO_PROXY
+                proxy = None
+            auth = None
+            if proxy:
+                parsed = URL(proxy)
+                if parsed.user is not None:
+                    pair = f"{parsed.user}:{parsed.password or ''}".encode("latin-1")
+                    auth = "Basic " + base64.b64encode(pair).decode("ascii")
+                    parsed = parsed.with_user(None)
+                proxy = str(parsed)
+            self._resolved[key] = (proxy, auth)
+        return self._resolved[key]
 
 
 class _Body(httpx.AsyncByteStream):
@@ -67,7 +99,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     The session is opened on first use, inside the running event loop (aiohttp binds to it).
     Cookies are ignored (a stateless API), redirects are never followed, bodies are returned
-    as sent (httpx decodes them, so the client's size bound counts decoded bytes).
+    as sent (httpx decodes them, so the client's size bound counts decoded bytes). Proxies come
+    from the environment, as with httpx's own transport.
     """
 
     def __init__(
@@ -84,6 +117,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify)
         )
         self._keepalive = keepalive_expiry
+        self._proxies = _EnvProxies()
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -103,17 +137,24 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         session = self._session or self._open()
         timeout = request.extensions.get("timeout", {})
+        # as httpx built them, names in their original case (some gateways care)
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+        proxy, proxy_auth = self._proxies.for_url(request.url)
+        proxy_headers = None
+        if proxy_auth and request.url.scheme == "https":  # on the CONNECT that opens the tunnel
+            proxy_headers = {"Proxy-Authorization": proxy_auth}
+        elif proxy_auth:  # plain HTTP goes through the proxy request by request
+            headers.append(("Proxy-Authorization", proxy_auth))
         with _mapped(request):
             response = await session.request(
                 request.method,
                 str(request.url),
-                # as httpx built them, names in their original case (some gateways care)
-                headers=[
-                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
-                ],
+                headers=headers,
                 data=request.content or None,
                 allow_redirects=False,
                 compress=None,
+                proxy=proxy,
+                proxy_headers=proxy_headers,
                 timeout=aiohttp.ClientTimeout(
                     total=None,
                     connect=timeout.get("pool"),

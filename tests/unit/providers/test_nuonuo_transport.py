@@ -226,3 +226,38 @@ async def test_an_endless_answer_is_cut_at_the_size_bound(
     async with serving("endless") as (_p, url), real(url, max_response_bytes=5_000) as provider:
         with pytest.raises(ProviderError, match="larger than 5000 bytes"):
             await provider.query_by_serials(seller, ["S1"])
+
+
+async def test_an_environment_proxy_is_used_with_its_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+    real: Callable[..., NuonuoProvider],
+    seller: Seller,
+    special_draft: InvoiceDraft,
+) -> None:
+    """HTTP(S)_PROXY as httpx's own transport honoured it: the platform's host need not even
+    resolve, the proxy gets absolute-form requests and the credentials from its URL."""
+    async with serving() as (p, url):
+        monkeypatch.setenv("HTTP_PROXY", url.replace("http://", "http://ops:s3cret@"))
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        async with real("http://platform.invalid") as provider:
+            assert (await provider.issue(seller, special_draft, "o-1")).serial == "S1"
+    line, headers, _ = p.requests[1]
+    assert line.startswith(b"POST http://platform.invalid/open/v1/services")
+    assert headers["proxy-authorization"] == "Basic b3BzOnMzY3JldA=="  # ops:s3cret
+
+
+async def test_no_proxy_bypasses_the_environment_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+    real: Callable[..., NuonuoProvider],
+    seller: Seller,
+    special_draft: InvoiceDraft,
+) -> None:
+    with socket.socket() as s:  # a proxy address where nothing listens
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{dead}")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    async with serving() as (p, url), real(url) as provider:
+        assert (await provider.issue(seller, special_draft, "o-1")).serial == "S1"
+    assert p.requests[1][0].startswith(b"POST /open/v1/services")  # origin-form: direct
