@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -18,8 +19,12 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
+from repo_guard import OutsideReads
 
 from cdc_invoice.db import schema
+
+_OUTSIDE_READS = OutsideReads()
+sys.addaudithook(_OUTSIDE_READS.hook)
 
 for _name in list(os.environ):
     # The environment of the developer's shell must not configure the code under test.
@@ -38,6 +43,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "e2e" in parts:
             item.add_marker(pytest.mark.e2e)
             item.add_marker(pytest.mark.db)
+
+
+@pytest.fixture(autouse=True)
+def _reads_stay_in_the_repository() -> Iterator[None]:
+    """Fail a test that opened a file outside the repository (see tests/repo_guard.py)."""
+    _OUTSIDE_READS.take()  # opens by session fixtures set up before this test are not its own
+    yield
+    outside = _OUTSIDE_READS.take()
+    if outside:
+        pytest.fail(
+            "this test read outside the repository (a fresh clone has nothing beside it): "
+            + ", ".join(sorted(set(outside))[:5])
+            + "; vendor the file into the repository or write it under tmp_path"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Northwind, a real third-party sales database, invoiced without changing it.
 
-Loads ../shared/data/northwind/northwind.sql into a fresh database, installs cdc-invoice,
-applies sql/examples/northwind/ (mappings, document view, attach), backfills the 809 orders
+Loads the vendored sql/examples/northwind/northwind.sql (Ms-PL, pthom/northwind_psql) into a
+fresh database, installs cdc-invoice, applies sql/examples/northwind/ (mappings, document view, attach), backfills the 809 orders
 shipped before attach with the CLI, then ships the other 21 from concurrent connections while
 the sandbox platform and the daemon run as real processes. Every order must get exactly one
 invoice whose total is what Northwind charges, and Northwind's schema must be unchanged except
@@ -28,7 +28,7 @@ from cdc_invoice import demo, harness
 from cdc_invoice.db import schema
 from cdc_invoice.db.queries import sql_file
 
-NORTHWIND = Path(__file__).parents[3] / "shared/data/northwind/northwind.sql"
+NORTHWIND = Path(__file__).parents[2] / "sql/examples/northwind/northwind.sql"
 FREIGHT_CODE, FREIGHT_RATE = "3010102000000000000", Decimal("0.09")
 
 # Northwind's own objects: relations, columns, constraints, indexes and triggers of public.
@@ -61,12 +61,6 @@ def catalogue(dsn: str) -> dict[tuple[str, str], str]:
 
 
 def load_northwind(dsn: str) -> None:
-    if not NORTHWIND.is_file():
-        pytest.fail(
-            f"Northwind is missing: expected {NORTHWIND}. The tests need the shared/ folder "
-            "beside the repository (shared/data/northwind/northwind.sql, from "
-            "github.com/pthom/northwind_psql)."
-        )
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(NORTHWIND.read_text(encoding="utf-8"))
 
