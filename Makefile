@@ -3,18 +3,20 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck bench bench-quick chaos chaos-short clean
+.PHONY: demo test test-fast lint typecheck lock lock-upgrade bench bench-quick chaos chaos-short clean
 
-$(STAMP): pyproject.toml
+# Every install takes its versions from constraints.txt (the lock: `make lock` regenerates it).
+# The tests need the sandbox and the embedded PostgreSQL: the `demo` extra brings both.
+$(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,demo]'
 	touch $(STAMP)
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)
-	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,demo,bench]'
 	touch $(BENCH_STAMP)
 
 venv: $(STAMP)
@@ -34,6 +36,18 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
+
+# The lock: every extra's dependencies pinned for Python 3.11. `make lock` keeps the pins already
+# in constraints.txt and adds what pyproject.toml now needs; `make lock-upgrade` moves every pin
+# to the newest release allowed. Commit constraints.txt with the change that needed it.
+LOCK := $(VENV)/bin/uv pip compile pyproject.toml --all-extras --python-version 3.11 \
+	--quiet --annotation-style line -o constraints.txt
+
+lock: $(STAMP)
+	$(LOCK)
+
+lock-upgrade: $(STAMP)
+	$(LOCK) --upgrade
 
 # Benchmarks (docs/benchmarks.md): the machine's PostgreSQL at 127.0.0.1:5432 if it answers,
 # else an embedded one. Writes bench-results.json and prints a table.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
@@ -11,9 +12,50 @@ import psycopg
 from cdc_invoice import __version__, logs
 from cdc_invoice.errors import CdcInvoiceError
 
+# Commands whose modules pull in what the daemon never runs (the sandbox: aiohttp server, SQLAlchemy
+# store; loadtest: Rich progress), imported only when named: `cdc-invoice run` stays light.
+LAZY: dict[str, tuple[str, str, str]] = {
+    # name: (module, attribute, the extra that installs its dependencies)
+    "sandbox": ("cdc_invoice.sandbox.cli", "sandbox", "sandbox"),
+    "loadtest": ("cdc_invoice.commands.loadtest", "loadtest", ""),
+}
+
+
+def _missing_extra(name: str, extra: str, exc: ModuleNotFoundError) -> click.Command:
+    """A stand-in for a command whose optional dependencies are not installed."""
+    fix = f"pip install 'cdc-invoice[{extra}]'" if extra else "reinstall cdc-invoice"
+
+    def explain() -> None:
+        click.secho(f"error: `{name}` needs the module {exc.name!r}", fg="red", err=True)
+        click.echo(f"  fix: {fix}", err=True)
+        sys.exit(2)
+
+    return click.Command(
+        name,
+        callback=explain,
+        help=f"(not installed: {fix})",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )
+
 
 class Group(click.Group):
-    """Turns our errors into a one-line message with the fix, and exit code 2."""
+    """Turns our errors into a one-line message with the fix, and exit code 2; loads LAZY
+    commands when they are named (or listed by --help)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY and cmd_name not in self.commands:
+            module, attr, extra = LAZY[cmd_name]
+            try:
+                command: click.Command = getattr(importlib.import_module(module), attr)
+            except ModuleNotFoundError as exc:
+                if exc.name and exc.name.startswith("cdc_invoice"):
+                    raise
+                return _missing_extra(cmd_name, extra, exc)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -84,13 +126,11 @@ def demo(dsn: str, orders: int, keep: bool) -> None:
 
 
 def _register() -> None:
-    from cdc_invoice.commands import admin, loadtest, operate, ops, sources
-    from cdc_invoice.sandbox.cli import sandbox
+    from cdc_invoice.commands import admin, operate, ops, sources
 
-    for module in (admin, operate, ops, sources, loadtest):
+    for module in (admin, operate, ops, sources):
         for command in module.COMMANDS:
             main.add_command(command)
-    main.add_command(sandbox)
 
 
 _register()

@@ -21,7 +21,9 @@ def start(datadir: Path, *, keep: bool = False) -> tuple[str, Any]:
     try:
         import pgserver
     except ImportError as exc:  # pragma: no cover - pgserver is a dependency
-        raise RuntimeError("the embedded PostgreSQL needs the pgserver package") from exc
+        raise RuntimeError(
+            "the embedded PostgreSQL needs pgserver: pip install 'cdc-invoice[demo]'"
+        ) from exc
     datadir.mkdir(parents=True, exist_ok=True)
     mode = None if keep else "delete"
     server = pgserver.get_server(str(datadir), cleanup_mode=mode)  # type: ignore[attr-defined]
