@@ -20,7 +20,7 @@ def start(datadir: Path, *, keep: bool = False) -> tuple[str, Any]:
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     try:
         import pgserver
-    except ImportError as exc:  # pragma: no cover - pgserver is a dependency
+    except ImportError as exc:  # pragma: no cover - the demo extra installs it
         raise RuntimeError(
             "the embedded PostgreSQL needs pgserver: pip install 'cdc-invoice[demo]'"
         ) from exc

@@ -159,7 +159,11 @@ class NuonuoClient:
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             transport=transport
-            or AiohttpTransport(max_connections=max_connections, verify=_ssl_context(verify)),
+            or AiohttpTransport(
+                max_connections=max_connections,
+                verify=_ssl_context(verify),
+                total_timeout=self._deadline,
+            ),
             headers={"User-Agent": user_agent, "Accept": "application/json"},
             # a redirected POST could be replayed elsewhere: treat it as an error
             follow_redirects=False,

@@ -50,6 +50,8 @@ def _mapped(request: httpx.Request) -> Iterator[None]:
         raise httpx.ReadError(str(exc), request=request) from exc
     except aiohttp.ClientError as exc:  # a malformed answer and anything newer
         raise httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}", request=request) from exc
+    except TimeoutError as exc:  # the overall deadline (ClientTimeout.total): maybe sent
+        raise httpx.ReadTimeout("no complete answer within the deadline", request=request) from exc
 
 
 class _EnvProxies:
@@ -109,8 +111,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         max_connections: int,
         verify: bool | ssl.SSLContext = True,
         keepalive_expiry: float = 5.0,
+        total_timeout: float | None = None,
     ) -> None:
         self._max_connections = max_connections
+        # One deadline for the whole exchange, the body included: the read timeout alone is
+        # per chunk, so an answer trickling a byte at a time would hold a worker forever.
+        self._total = total_timeout
         # httpx's context (certifi's CAs) for verify=True, so that switching engines keeps
         # exactly the same trust as before.
         self._ssl = (
@@ -156,7 +162,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 proxy=proxy,
                 proxy_headers=proxy_headers,
                 timeout=aiohttp.ClientTimeout(
-                    total=None,
+                    total=self._total,
                     connect=timeout.get("pool"),
                     sock_connect=timeout.get("connect"),
                     sock_read=timeout.get("read"),

@@ -24,6 +24,7 @@ import pytest
 from cdc_invoice.errors import OutcomeUnknown, ProviderError, ProviderUnavailable
 from cdc_invoice.invoice.model import InvoiceDraft, Seller
 from cdc_invoice.providers.nuonuo import NuonuoProvider
+from cdc_invoice.providers.nuonuo.transport import AiohttpTransport
 
 TOKEN = json.dumps({"access_token": "t0k3n", "expires_in": "86400"}).encode()
 ISSUED = json.dumps(
@@ -96,6 +97,13 @@ class Platform:
             for _ in range(10_000):
                 writer.write(b"64\r\n" + b"x" * 100 + b"\r\n")
                 await writer.drain()
+            return False
+        elif self.gateway == "trickle":  # an answer a byte at a time, each within the read timeout
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            for _ in range(1000):
+                writer.write(b" ")
+                await writer.drain()
+                await asyncio.sleep(0.05)
             return False
         elif self.gateway == "hang":
             await asyncio.sleep(30)
@@ -206,6 +214,30 @@ async def test_a_sent_issue_without_a_complete_answer_is_outcome_unknown(
     for error in (issue.value, query.value):
         assert isinstance(error.__cause__, cause), repr(error.__cause__)
     assert any(b"/open/v1/services" in line for line, _, _ in p.requests)
+
+
+async def test_a_trickling_answer_meets_the_transports_overall_deadline() -> None:
+    # Each byte arrives well within the read timeout (5 s), the whole would take 50 s: only an
+    # overall deadline (aiohttp's ClientTimeout.total) ends it, as a read timeout: maybe sent.
+    async with serving("trickle") as (p, url):
+        transport = AiohttpTransport(max_connections=1, total_timeout=0.5)
+        async with httpx.AsyncClient(transport=transport, timeout=5) as http:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(httpx.ReadTimeout, match="deadline"):
+                await http.post(f"{url}/open/v1/services", content=b"{}")
+            elapsed = asyncio.get_running_loop().time() - started
+    assert 0.4 < elapsed < 3, elapsed
+    assert any(b"/open/v1/services" in line for line, _, _ in p.requests)
+
+
+async def test_a_trickling_issue_answer_is_outcome_unknown_by_the_deadline(
+    real: Callable[..., NuonuoProvider], seller: Seller, special_draft: InvoiceDraft
+) -> None:
+    async with serving("trickle") as (_p, url), real(url, timeout=0.3) as provider:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(OutcomeUnknown):
+            await provider.issue(seller, special_draft, "o-1")
+        assert asyncio.get_running_loop().time() - started < 5
 
 
 async def test_a_redirect_is_not_followed(
