@@ -7,6 +7,18 @@ SELECT to_regclass('cdc_invoice.schema_version') IS NOT NULL AS installed;
 -- Concurrent installs (two daemons' ExecStartPre, a DBA by hand) wait for each other.
 SELECT pg_advisory_xact_lock(1128547145, 2);
 
+-- name: require_version
+-- The upgrade script's guard (cdc-invoice sql --from-version N): stop unless N is installed.
+DO $$
+BEGIN
+    IF (SELECT max(version) FROM cdc_invoice.schema_version) IS DISTINCT FROM %(version)s THEN
+        RAISE EXCEPTION 'this upgrade script is for cdc_invoice schema version %(version)s, the database has %',
+                        (SELECT max(version) FROM cdc_invoice.schema_version)
+            USING ERRCODE = 'CI006',
+                  HINT = 'Print the script for the installed version: cdc-invoice sql --from-version <that version>.';
+    END IF;
+END $$;
+
 -- name: catalogue
 -- Every object of one schema, as comparable text with the schema name replaced by '@'.
 -- Used by verify (installed vs. a fresh install) and by the migration tests.
@@ -51,6 +63,15 @@ SELECT source FROM cdc_invoice.source ORDER BY source;
 
 -- name: drop_schema
 DROP SCHEMA cdc_invoice CASCADE;
+
+-- name: functions_fingerprint
+-- One hash of every installed function's body except the generated capture functions: attach()
+-- and its helpers write those, so if none of these changed, neither would a regenerated one.
+SELECT md5(coalesce(string_agg(p.oid::regprocedure::text || ':' || md5(p.prosrc), ','
+                               ORDER BY p.oid::regprocedure::text), ''))
+  FROM pg_proc p
+ WHERE p.pronamespace = to_regnamespace('cdc_invoice')
+   AND p.proname !~ '^cdc_invoice_[0-9a-f]{12}_capture$';
 
 -- name: reattach_all
 -- After an upgrade: regenerate every attached source's capture function and triggers.

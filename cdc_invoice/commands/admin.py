@@ -19,11 +19,21 @@ def install(dsn: str) -> None:
 
 
 @click.command()
-def sql() -> None:
+@click.option(
+    "--from-version",
+    type=int,
+    default=None,
+    metavar="N",
+    help="print the upgrade from installed schema version N instead of the fresh install",
+)
+def sql(from_version: int | None) -> None:
     """Print the install SQL without connecting (review it, then: psql -f install.sql)."""
     from cdc_invoice.db import schema
 
-    click.echo(schema.install_script(), nl=False)
+    if from_version is None:
+        click.echo(schema.install_script(), nl=False)
+    else:
+        click.echo(schema.upgrade_script(from_version), nl=False)
 
 
 @click.command()

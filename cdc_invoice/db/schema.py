@@ -4,6 +4,11 @@ Install is one transaction under an advisory lock:
   fresh database  -> schema.sql                      (tables of the current version)
   older version   -> migrations/NNNN_*.sql > version (forward-only)
   then always     -> api.sql, roles.sql, reports.sql (CREATE OR REPLACE: functions, roles, views)
+  then, only after an upgrade or when a function changed -> reattach() (regenerate capture)
+
+A no-op install (same version, same functions) touches no inventory table: re-attaching drops
+and creates triggers (AccessExclusiveLock on the order tables, queued behind any open order
+transaction), and the daemons' units run install at every start.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from cdc_invoice.db.queries import latest_version, migrations, q, sql_file
-from cdc_invoice.errors import SchemaNotInstalled, SchemaVersionMismatch
+from cdc_invoice.errors import ConfigError, SchemaNotInstalled, SchemaVersionMismatch
 
 REPLACEABLE = ("api.sql", "ops.sql", "lifecycle.sql", "roles.sql", "reports.sql")
 
@@ -25,6 +30,34 @@ def install_script() -> str:
     parts += [f"-- ===== sql/{name}\n{sql_file(name)}" for name in ("schema.sql", *REPLACEABLE)]
     parts.append("COMMIT;")
     return "\n\n".join(parts) + "\n"
+
+
+def upgrade_script(from_version: int) -> str:
+    """The upgrade from ``from_version`` as one script, for a DBA who reviews SQL first
+    (`cdc-invoice sql --from-version N | psql`): what ``install`` runs on such a database."""
+    latest = latest_version()
+    if not 1 <= from_version <= latest:
+        raise ConfigError(
+            f"--from-version {from_version}: this program knows schema versions 1 to {latest}",
+            hint="SELECT max(version) FROM cdc_invoice.schema_version shows the installed one",
+        )
+    steps = [name for version, name in migrations() if version > from_version]
+    parts = [
+        f"-- cdc-invoice upgrade script: schema version {from_version} -> {latest}",
+        "BEGIN;",
+        sql_query("install_lock"),
+        # Refuse to run on any other version: the migrations assume exactly this one.
+        sql_query("require_version").replace("%(version)s", str(from_version)),
+    ]
+    parts += [f"-- ===== sql/{name}\n{sql_file(name)}" for name in (*steps, *REPLACEABLE)]
+    if steps:  # what install does after an upgrade (locks the attached order tables briefly)
+        parts.append(sql_query("reattach_all"))
+    parts.append("COMMIT;")
+    return "\n\n".join(parts) + "\n"
+
+
+def sql_query(name: str) -> str:
+    return f"-- {name}\n{q(name, 'admin.sql').strip().rstrip(';')};"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +112,20 @@ def _install_in(conn: psycopg.Connection[tuple[object, ...]]) -> InstallResult:
             if version > before:
                 conn.execute(sql_file(name))
                 applied.append(name)
+    functions_before = _functions_fingerprint(conn)
     for name in REPLACEABLE:
         conn.execute(sql_file(name))
     notes = []
-    if before is not None:
+    if before is not None and (
+        before != latest or _functions_fingerprint(conn) != functions_before
+    ):
         notes = _reattach(conn)
     return InstallResult(before, latest, applied, notes)
+
+
+def _functions_fingerprint(conn: psycopg.Connection[tuple[object, ...]]) -> str:
+    row = conn.execute(q("functions_fingerprint", "admin.sql")).fetchone()
+    return str(row[0]) if row else ""
 
 
 def _reattach(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import psycopg
 import pytest
 from click.testing import CliRunner
@@ -127,6 +129,105 @@ def test_upgrade_to_json_documents_keeps_them_and_refreshes_capture(fresh_dsn: s
         assert row is not None and row[0] == "json" and row[1] > 0
 
 
+def _with_lock_timeout(dsn: str) -> str:
+    # A regression (a DROP TRIGGER queued behind the open order transaction) fails fast.
+    return psycopg.conninfo.make_conninfo(dsn, options="-c lock_timeout=2s")
+
+
+def _capture_state(conn: psycopg.Connection[tuple[object, ...]]) -> list[tuple[object, ...]]:
+    """The shop's triggers (oid: recreated or not) and its capture function's body."""
+    return conn.execute(
+        "SELECT t.oid::bigint, t.tgname::text, md5(p.prosrc) FROM pg_trigger t "
+        "JOIN pg_proc p ON p.oid = t.tgfoid "
+        "WHERE t.tgrelid = 'shop.orders'::regclass AND NOT t.tgisinternal ORDER BY 2"
+    ).fetchall()
+
+
+def test_a_no_op_install_takes_no_lock_on_an_order_table(shop_dsn: str) -> None:
+    """The daemons' units run install at every start: at the current version it must not
+    re-attach (DROP/CREATE TRIGGER = AccessExclusiveLock behind any open order transaction)."""
+    with psycopg.connect(shop_dsn) as conn:
+        before = _capture_state(conn)
+    with psycopg.connect(shop_dsn) as order_tx:  # an order being edited, not yet committed
+        order_tx.execute("UPDATE shop.orders SET created_at = created_at WHERE order_id = 1")
+        result = schema.install(_with_lock_timeout(shop_dsn))
+        assert result.before == result.after and result.notes == []
+        with psycopg.connect(shop_dsn) as other:
+            locks = other.execute(
+                "SELECT count(*) FROM pg_locks WHERE relation = 'shop.orders'::regclass "
+                "AND pid <> %s",
+                (order_tx.info.backend_pid,),
+            ).fetchone()
+            assert locks == (0,)
+        order_tx.rollback()
+    with psycopg.connect(shop_dsn) as conn:
+        assert _capture_state(conn) == before  # same triggers, same function
+
+
+def test_install_reattaches_when_a_generating_function_changed(shop_dsn: str) -> None:
+    with psycopg.connect(shop_dsn, autocommit=True) as conn:
+        before = _capture_state(conn)
+        # As after an upgrade of the package: an installed function differs from this version's.
+        body = conn.execute(
+            "SELECT pg_get_functiondef('cdc_invoice._check_condition(regclass,text,text)'"
+            "::regprocedure)"
+        ).fetchone()
+        assert body is not None
+        conn.execute(str(body[0]).replace("RETURN true;", "RETURN true; -- older"))
+    result = schema.install(shop_dsn)
+    assert result.notes == ["refreshed capture of 1 attached source(s)"]
+    with psycopg.connect(shop_dsn) as conn:
+        after = _capture_state(conn)
+    assert [r[1:] for r in after] == [r[1:] for r in before]  # same names and body
+    assert {r[0] for r in after}.isdisjoint({r[0] for r in before})  # triggers recreated
+
+
+def _install_version(dsn: str, upto: int) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for version, name in migrations():
+            if version <= upto:
+                conn.execute(sql_file(name))
+        for name in schema.REPLACEABLE:
+            conn.execute(sql_file(name))
+
+
+def test_sql_from_version_prints_the_upgrade_a_dba_can_review_and_run(fresh_dsn: str) -> None:
+    _install_version(fresh_dsn, 2)
+    runner = CliRunner()
+    r = runner.invoke(main, ["sql", "--from-version", "1"])
+    assert r.exit_code == 0 and "schema version 1 -> " in r.output
+    refused = subprocess.run(
+        ["psql", fresh_dsn, "-v", "ON_ERROR_STOP=1", "-q"],
+        input=r.output,
+        text=True,
+        capture_output=True,
+        check=False,
+    )
+    assert refused.returncode != 0  # the database is at 2: the script for 1 stops
+    assert "is for cdc_invoice schema version 1, the database has 2" in refused.stderr
+    assert "--from-version" in refused.stderr  # the HINT
+
+    r = runner.invoke(main, ["sql", "--from-version", "2"])
+    assert r.exit_code == 0, r.output
+    assert "0003_document_json.sql" in r.output and "0001_initial" not in r.output
+    done = subprocess.run(
+        ["psql", fresh_dsn, "-v", "ON_ERROR_STOP=1", "-q"],
+        input=r.output,
+        text=True,
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert schema.verify(fresh_dsn) == []  # the same as a fresh install of this version
+
+
+def test_sql_from_an_unknown_version_says_which_exist() -> None:
+    r = CliRunner().invoke(main, ["sql", "--from-version", "99"])
+    assert r.exit_code == 2
+    assert f"knows schema versions 1 to {schema.latest_version()}" in r.output
+    assert "fix: SELECT max(version)" in r.output
+
+
 def test_newer_schema_is_refused(installed_dsn: str) -> None:
     with psycopg.connect(installed_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO cdc_invoice.schema_version VALUES (999, 'future')")
@@ -177,7 +278,7 @@ def test_cli_install_verify_uninstall(shop_dsn: str) -> None:
     runner = CliRunner()
     r = runner.invoke(main, ["install", "--dsn", shop_dsn])
     assert r.exit_code == 0 and "is current" in r.output, r.output
-    assert "refreshed capture of 1 attached source(s)" in r.output
+    assert "refreshed capture" not in r.output  # a no-op install leaves the triggers alone
     r = runner.invoke(main, ["verify", "--dsn", shop_dsn])
     assert r.exit_code == 0, r.output
     with psycopg.connect(shop_dsn, autocommit=True) as conn:
