@@ -121,6 +121,10 @@ CREATE INDEX request_due_idx ON cdc_invoice.request (run_after, id)
     WHERE state IN ('pending', 'claimed');
 CREATE INDEX request_poll_idx ON cdc_invoice.request (run_after, id) WHERE state = 'submitted';
 CREATE INDEX request_failed_idx ON cdc_invoice.request (source, updated_at) WHERE state = 'failed';
+CREATE INDEX request_invoice_idx ON cdc_invoice.request (invoice_id)
+    WHERE invoice_id IS NOT NULL;
+CREATE INDEX request_platform_serial_idx ON cdc_invoice.request (platform_serial)
+    WHERE platform_serial IS NOT NULL;
 -- Unique once set (at the first claim): partial, so the capture trigger's insert adds no entry.
 CREATE UNIQUE INDEX request_platform_order_no_key ON cdc_invoice.request (platform_order_no)
     WHERE platform_order_no IS NOT NULL;
@@ -243,4 +247,4 @@ CREATE TABLE cdc_invoice.reconciliation (
 CREATE INDEX reconciliation_day_idx ON cdc_invoice.reconciliation (day, run_at);
 
 INSERT INTO cdc_invoice.schema_version (version, description) VALUES (1, 'initial'), (2, 'reconciliation'),
-    (3, 'document json'), (4, 'red invoice index');
+    (3, 'document json'), (4, 'red invoice index'), (5, 'tamper evident');

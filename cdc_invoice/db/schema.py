@@ -3,7 +3,8 @@
 Install is one transaction under an advisory lock:
   fresh database  -> schema.sql                      (tables of the current version)
   older version   -> migrations/NNNN_*.sql > version (forward-only)
-  then always     -> api.sql, roles.sql, reports.sql (CREATE OR REPLACE: functions, roles, views)
+  then always     -> api.sql, ops.sql, lifecycle.sql, records.sql, roles.sql, reports.sql
+                     (CREATE OR REPLACE: functions, guard triggers when missing, roles, views)
   then, only after an upgrade or when a function changed -> reattach() (regenerate capture)
 
 A no-op install (same version, same functions) touches no inventory table: re-attaching drops
@@ -21,7 +22,7 @@ from psycopg.rows import dict_row
 from cdc_invoice.db.queries import latest_version, migrations, q, sql_file
 from cdc_invoice.errors import ConfigError, SchemaNotInstalled, SchemaVersionMismatch
 
-REPLACEABLE = ("api.sql", "ops.sql", "lifecycle.sql", "roles.sql", "reports.sql")
+REPLACEABLE = ("api.sql", "ops.sql", "lifecycle.sql", "records.sql", "roles.sql", "reports.sql")
 
 
 def install_script() -> str:
