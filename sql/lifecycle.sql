@@ -272,10 +272,4 @@ SELECT r.day, r.seller_id, r.finding, r.order_no, r.invoice_number, r.source, r.
                     ORDER BY l.run_at DESC LIMIT 1);
 COMMENT ON VIEW cdc_invoice.report_reconciliation IS 'Latest reconciliation per day and seller (cdc-invoice reconcile).';
 
-DO $$
-BEGIN
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cdc_invoice_reader') THEN
-        GRANT SELECT ON cdc_invoice.pending_red_slips, cdc_invoice.report_reconciliation
-            TO cdc_invoice_reader;
-    END IF;
-END $$;
+-- Readable by the reader role: granted in roles.sql (per-database role names).

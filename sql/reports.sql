@@ -1,4 +1,4 @@
--- Report views (cdc_invoice.report_*), re-applied on every install. Readable by cdc_invoice_reader.
+-- Report views (cdc_invoice.report_*), re-applied on every install. Readable by the reader role (roles.sql).
 
 CREATE OR REPLACE VIEW cdc_invoice.report_daily AS
 SELECT date_trunc('day', i.issued_at AT TIME ZONE 'Asia/Shanghai')::date AS day,
@@ -67,15 +67,5 @@ SELECT r.id AS request_id, r.source, r.order_ref, r.kind, r.state, r.attempt,
  WHERE r.state IN ('pending', 'claimed', 'submitted', 'failed');
 COMMENT ON VIEW cdc_invoice.report_open IS 'Requests not finished, one row each: orders not invoiced yet (kind issue), reversals and deliveries under way, failures.';
 
--- Every report view, present and future, is readable by the reader role.
-DO $$
-DECLARE
-    v name;
-BEGIN
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cdc_invoice_reader') THEN
-        FOR v IN SELECT viewname FROM pg_views
-                  WHERE schemaname = 'cdc_invoice' AND viewname LIKE 'report\_%' LOOP
-            EXECUTE format('GRANT SELECT ON cdc_invoice.%I TO cdc_invoice_reader', v);
-        END LOOP;
-    END IF;
-END $$;
+-- Every report view, present and future, is readable by the reader role: roles.sql grants it
+-- (applied after this file, with the installation's role names).

@@ -18,7 +18,9 @@ CREATE TABLE cdc_invoice.schema_version (
 CREATE TABLE cdc_invoice.installation (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     tag         text NOT NULL DEFAULT upper(substr(md5(random()::text || clock_timestamp()::text), 1, 4)),
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- the names of this database's roles: <prefix>daemon, <prefix>operator, <prefix>reader
+    role_prefix text NOT NULL DEFAULT 'cdc_invoice_' CHECK (role_prefix ~ '^[a-z_][a-z0-9_]{0,40}$')
 );
 INSERT INTO cdc_invoice.installation DEFAULT VALUES;
 

@@ -8,14 +8,23 @@ import click
 
 from cdc_invoice.commands.common import dsn_option
 
+ROLE_PREFIX = click.option(
+    "--role-prefix",
+    default=None,
+    metavar="PREFIX",
+    help="name this database's roles PREFIXdaemon, PREFIXoperator, PREFIXreader "
+    "(first install only; default cdc_invoice_, shared by every database of the cluster)",
+)
+
 
 @click.command()
 @dsn_option
-def install(dsn: str) -> None:
+@ROLE_PREFIX
+def install(dsn: str, role_prefix: str | None) -> None:
     """Install or upgrade the cdc_invoice schema (idempotent; one transaction)."""
     from cdc_invoice.db import schema
 
-    click.echo(schema.install(dsn).describe())
+    click.echo(schema.install(dsn, role_prefix=role_prefix).describe())
 
 
 @click.command()
@@ -26,12 +35,13 @@ def install(dsn: str) -> None:
     metavar="N",
     help="print the upgrade from installed schema version N instead of the fresh install",
 )
-def sql(from_version: int | None) -> None:
+@ROLE_PREFIX
+def sql(from_version: int | None, role_prefix: str | None) -> None:
     """Print the install SQL without connecting (review it, then: psql -f install.sql)."""
     from cdc_invoice.db import schema
 
     if from_version is None:
-        click.echo(schema.install_script(), nl=False)
+        click.echo(schema.install_script(role_prefix), nl=False)
     else:
         click.echo(schema.upgrade_script(from_version), nl=False)
 

@@ -3,7 +3,7 @@
 Install is one transaction under an advisory lock:
   fresh database  -> schema.sql                      (tables of the current version)
   older version   -> migrations/NNNN_*.sql > version (forward-only)
-  then always     -> api.sql, ops.sql, lifecycle.sql, records.sql, roles.sql, reports.sql
+  then always     -> api.sql, ops.sql, lifecycle.sql, records.sql, reports.sql, roles.sql
                      (CREATE OR REPLACE: functions, guard triggers when missing, roles, views)
   then, only after an upgrade or when a function changed -> reattach() (regenerate capture)
 
@@ -14,6 +14,7 @@ transaction), and the daemons' units run install at every start.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import psycopg
@@ -22,12 +23,31 @@ from psycopg.rows import dict_row
 from cdc_invoice.db.queries import latest_version, migrations, q, sql_file
 from cdc_invoice.errors import ConfigError, SchemaNotInstalled, SchemaVersionMismatch
 
-REPLACEABLE = ("api.sql", "ops.sql", "lifecycle.sql", "records.sql", "roles.sql", "reports.sql")
+# roles.sql last: it grants on every view and function the others define.
+REPLACEABLE = ("api.sql", "ops.sql", "lifecycle.sql", "records.sql", "reports.sql", "roles.sql")
+DEFAULT_ROLE_PREFIX = "cdc_invoice_"
+_ROLE_PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,40}")
 
 
-def install_script() -> str:
+def check_role_prefix(prefix: str) -> str:
+    if not _ROLE_PREFIX.fullmatch(prefix):
+        raise ConfigError(
+            f"role prefix {prefix!r} is not usable",
+            hint="lower-case letters, digits and _ (up to 41 characters), e.g. inventory_invoice_",
+        )
+    return prefix
+
+
+def _role_prefix_setting(prefix: str) -> str:
+    # Validated above: lower-case letters, digits and _ only, so it is safe as a literal.
+    return f"SET LOCAL cdc_invoice.role_prefix = '{check_role_prefix(prefix)}';"
+
+
+def install_script(role_prefix: str | None = None) -> str:
     """The whole fresh install as one script, for `cdc-invoice sql | psql`."""
     parts = [f"-- cdc-invoice install script (schema version {latest_version()})", "BEGIN;"]
+    if role_prefix is not None:
+        parts.append(_role_prefix_setting(role_prefix))
     parts += [f"-- ===== sql/{name}\n{sql_file(name)}" for name in ("schema.sql", *REPLACEABLE)]
     parts.append("COMMIT;")
     return "\n\n".join(parts) + "\n"
@@ -89,9 +109,15 @@ def installed_version(conn: psycopg.Connection[tuple[object, ...]]) -> int | Non
     return int(str(ver[0])) if ver and ver[0] is not None else None
 
 
-def install(dsn: str) -> InstallResult:
+def install(dsn: str, role_prefix: str | None = None) -> InstallResult:
+    """Install or upgrade; ``role_prefix`` names this database's roles (first install only,
+    kept in cdc_invoice.installation; default cdc_invoice_)."""
+    if role_prefix is not None:
+        check_role_prefix(role_prefix)
     with psycopg.connect(dsn) as conn, conn.transaction():
         conn.execute(q("install_lock", "admin.sql"))
+        if role_prefix is not None:
+            conn.execute(_role_prefix_setting(role_prefix))
         return _install_in(conn)
 
 

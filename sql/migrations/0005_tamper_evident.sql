@@ -1,4 +1,5 @@
--- 0005: tamper-evident records, and the request lookups by invoice and platform serial.
+-- 0005: tamper-evident records, the request lookups by invoice and platform serial, and
+-- per-database role names.
 --
 -- The guard triggers themselves (an invoice's number, parties, amounts and lines cannot change
 -- after insert; invoice lines, invoices and events refuse DELETE and TRUNCATE) are in the
@@ -12,5 +13,10 @@ CREATE INDEX request_invoice_idx ON cdc_invoice.request (invoice_id)
     WHERE invoice_id IS NOT NULL;
 CREATE INDEX request_platform_serial_idx ON cdc_invoice.request (platform_serial)
     WHERE platform_serial IS NOT NULL;
+
+-- Per-database role names (roles.sql): the prefix chosen at the first install.
+ALTER TABLE cdc_invoice.installation
+    ADD COLUMN role_prefix text NOT NULL DEFAULT 'cdc_invoice_'
+        CHECK (role_prefix ~ '^[a-z_][a-z0-9_]{0,40}$');
 
 INSERT INTO cdc_invoice.schema_version (version, description) VALUES (5, 'tamper evident');
