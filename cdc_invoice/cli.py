@@ -10,6 +10,7 @@ import click
 import psycopg
 
 from cdc_invoice import __version__, logs
+from cdc_invoice.commands.common import checked_dsn
 from cdc_invoice.errors import CdcInvoiceError
 
 # Commands whose modules pull in what the daemon never runs (the sandbox: aiohttp server, SQLAlchemy
@@ -109,6 +110,7 @@ def main(ctx: click.Context, verbose: int, log_format: str | None) -> None:
     "--dsn",
     envvar="CDC_INVOICE_DSN",
     default="",
+    callback=checked_dsn,
     help="an existing server to use (a database cdc_invoice_demo is created); "
     "default: an embedded PostgreSQL",
 )

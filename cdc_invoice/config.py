@@ -18,6 +18,7 @@ environment variable) that holds them. ``describe()`` renders the reference docs
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -220,7 +221,25 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     return value
 
 
+def check_dsn(dsn: str, what: str) -> None:
+    """A malformed connection string is a clear one-line error, not psycopg's traceback. The
+    message names the problem, never the string itself (it may hold a password)."""
+    import psycopg
+
+    try:
+        psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        # libpq quotes the URI in some messages; it may hold a password.
+        problem = re.sub(r'in URI: ".*"$', "in the URI", " ".join(str(exc).split()))
+        raise ConfigError(
+            f"{what} is not a libpq connection string: {problem}",
+            hint="give a URI (postgresql://user@host:5432/dbname) or key=value pairs "
+            "(host=db dbname=inventory), quoted in the shell",
+        ) from None
+
+
 def _validate(config: Config) -> None:
+    check_dsn(config.database.dsn, "database.dsn")
     d = config.daemon
     if d.concurrency < 1 or d.concurrency > 1000:
         raise ConfigError(f"daemon.concurrency must be 1..1000, got {d.concurrency}")

@@ -11,5 +11,16 @@ DSN_HELP = (
 )
 
 
+def checked_dsn(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """--dsn's callback: a malformed string fails here, with the fix, before any command runs."""
+    from cdc_invoice.config import check_dsn
+
+    if value:
+        check_dsn(value, "--dsn" if param.name == "dsn" else str(param.name))
+    return value
+
+
 def dsn_option(f: Any) -> Any:
-    return click.option("--dsn", envvar="CDC_INVOICE_DSN", default="", help=DSN_HELP)(f)
+    return click.option(
+        "--dsn", envvar="CDC_INVOICE_DSN", default="", help=DSN_HELP, callback=checked_dsn
+    )(f)

@@ -94,7 +94,8 @@ def retry(dsn: str, request_id: int | None, all_: bool, source: str | None) -> N
 def failures(dsn: str, limit: int) -> None:
     """List failed requests with the reason and the fix."""
     from rich.console import Console
-    from rich.table import Table
+
+    from cdc_invoice.commands.render import print_rows
 
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
@@ -102,10 +103,15 @@ def failures(dsn: str, limit: int) -> None:
             "FROM cdc_invoice.report_failures ORDER BY failed_at DESC LIMIT %s",
             (limit,),
         ).fetchall()
-    table = Table("id", "source", "order", "kind", "code", "error", "fix", show_lines=True)
-    for r in rows:
-        table.add_row(*[("" if v is None else str(v)) for v in r])
-    Console().print(table if rows else "no failed requests")
+    if not rows:
+        click.echo("no failed requests")
+        return
+    print_rows(
+        Console(highlight=False),
+        ("id", "source", "order", "kind", "code", "error", "fix"),
+        [[("" if v is None else str(v)) for v in r] for r in rows],
+        show_lines=True,
+    )
 
 
 @click.command()
@@ -131,6 +137,7 @@ def reconcile(config_path: str | None, day: datetime | None) -> None:
     completed orders without an invoice.
     """
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from cdc_invoice import config as cfg
@@ -149,7 +156,7 @@ def reconcile(config_path: str | None, day: datetime | None) -> None:
         for f in odd:
             table.add_row(
                 *(
-                    str(f[k] if f[k] is not None else "")
+                    escape(str(f[k] if f[k] is not None else ""))
                     for k in (
                         "finding",
                         "order_no",

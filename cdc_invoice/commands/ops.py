@@ -82,7 +82,10 @@ def status(dsn: str, as_json: bool) -> None:
         click.echo(json.dumps(data, default=_json_default, ensure_ascii=False, indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+
+    from cdc_invoice.commands.render import print_rows
 
     console = Console(highlight=False)
 
@@ -91,7 +94,7 @@ def status(dsn: str, as_json: bool) -> None:
     )
     for r in data["backlog"]:
         backlog.add_row(
-            r["source"],
+            escape(r["source"]),
             r["kind"],
             r["state"],
             str(r["requests"]),
@@ -112,12 +115,16 @@ def status(dsn: str, as_json: bool) -> None:
     console.print(through)
 
     if data["failures"]:
-        fails = Table(
-            "code", "requests", "example", "fix", title="Failures by reason", show_lines=True
+        print_rows(
+            console,
+            ("code", "requests", "example", "fix"),
+            [
+                [r["error_code"], str(r["requests"]), r["example"], r["hint"] or ""]
+                for r in data["failures"]
+            ],
+            title="Failures by reason",
+            show_lines=True,
         )
-        for r in data["failures"]:
-            fails.add_row(r["error_code"], str(r["requests"]), r["example"], r["hint"] or "")
-        console.print(fails)
         console.print(
             "  list them: cdc-invoice failures · once fixed: cdc-invoice retry --all (or ID)"
         )
@@ -133,10 +140,10 @@ def status(dsn: str, as_json: bool) -> None:
             else ("live" if age <= STALE_SECONDS else "[red]no heartbeat[/]")
         )
         daemons.add_row(
-            r["daemon_id"],
-            r["host"],
+            escape(r["daemon_id"]),
+            escape(r["host"]),
             str(r["pid"]),
-            r["version"],
+            escape(r["version"]),
             _cell(r["started_at"]),
             f"{_age(age)} ago",
             state,
@@ -149,7 +156,7 @@ def status(dsn: str, as_json: bool) -> None:
     )
     for r in data["tokens"]:
         tokens.add_row(
-            r["app_key"],
+            escape(r["app_key"]),
             _cell(r["expires_at"]) or "none yet",
             _cell(r["fetched_at"]),
             r["fetched_by"] if r["fetched_at"] else "",
@@ -206,13 +213,14 @@ def health(config_path: str | None, as_json: bool) -> None:
     else:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         colour = {h.OK: "green", h.WARN: "yellow", h.FAIL: "red"}
         table = Table("check", "status", "time", "detail", show_lines=True)
         for c in checks:
             detail = c.detail + (f"\nfix: {c.fix}" if c.fix else "")
             took = f"{c.seconds * 1000:.0f} ms" if c.seconds is not None else ""
-            table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", took, detail)
+            table.add_row(Text(c.name), Text(c.status, style=colour[c.status]), took, Text(detail))
         console = Console(highlight=False)
         console.print(table)
         console.print(f"overall: [{colour[overall]}]{overall}[/]")
@@ -301,12 +309,15 @@ def report(dsn: str, name: str | None, since: datetime | None, fmt: str) -> None
             out.writerow([_cell(v) for v in r])
         return
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(*names, title=f"cdc_invoice.{view} ({len(rows)} rows)")
-    for r in rows:
-        table.add_row(*[_cell(v) for v in r])
-    Console(highlight=False).print(table)
+    from cdc_invoice.commands.render import print_rows
+
+    print_rows(
+        Console(highlight=False),
+        names,
+        [[_cell(v) for v in r] for r in rows],
+        title=f"cdc_invoice.{view} ({len(rows)} rows)",
+    )
 
 
 # --- systemd-unit ---------------------------------------------------------------------------
