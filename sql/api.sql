@@ -286,7 +286,7 @@ BEGIN
     END IF;
     IF position(';' IN cond) > 0 OR cond ~ '--|/\*' THEN
         RAISE EXCEPTION '% must be a single boolean expression (no ";" or comments): %', what, cond
-            USING ERRCODE = 'CI004', HINT = 'e.g. NEW.status = ''shipped'' AND OLD.status <> ''shipped''';
+            USING ERRCODE = 'CI004', HINT = 'e.g. NEW.status = ''shipped'' AND OLD.status IS DISTINCT FROM ''shipped'' (OLD is NULL on INSERT)';
     END IF;
     BEGIN
         EXECUTE format('SELECT 1 FROM %s AS new WHERE (%s) LIMIT 0', tbl, cond);

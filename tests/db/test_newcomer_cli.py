@@ -120,3 +120,18 @@ def test_at_80_columns_failures_keep_the_whole_fix(shop_dsn: str, tmp_path: Path
     fits(result.stdout, 80)
     flat = " ".join(result.stdout.split())
     assert " ".join(hint.split()) in flat, result.stdout
+
+
+def test_the_attach_hint_and_the_dba_guide_agree_on_old(shop_dsn: str) -> None:
+    """The guide forbids `OLD.status <> 'shipped'` (NULL when OLD is, on INSERT); the hint of a
+    rejected condition must not suggest it."""
+    with psycopg.connect(shop_dsn) as conn, pytest.raises(psycopg.Error) as info:
+        conn.execute(
+            "SELECT cdc_invoice._check_condition('shop.orders', 'issue_when', "
+            "$$NEW.status = 'shipped'; --$$)"
+        )
+    hint = info.value.diag.message_hint or ""
+    assert "<>" not in hint
+    example = hint.removeprefix("e.g. ").split(" (")[0]
+    guide = (Path(__file__).parents[2] / "docs/dba-guide.md").read_text(encoding="utf-8")
+    assert example in guide, example
