@@ -69,6 +69,18 @@ def build_provider(config: Config, repo: Repository) -> NuonuoProvider:
     )
 
 
+SCHEMA_GONE = (
+    "the cdc_invoice schema is gone (was `cdc-invoice uninstall` run?): stopping; "
+    "run `cdc-invoice install` before starting the daemon again"
+)
+
+
+def schema_gone(exc: BaseException) -> bool:
+    """The daemon's own tables or functions no longer exist: the schema was dropped under it."""
+    missing = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
+    return isinstance(exc, missing) and "cdc_invoice" in str(exc)
+
+
 async def run(
     config: Config,
     config_path: str | None = None,
@@ -246,11 +258,18 @@ async def run(
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
     crashed = [t for t in done if t is not stopper]
+    gone = False
     for t in crashed:
-        if not t.cancelled() and t.exception() is not None:
-            log.error("%s crashed", t.get_name(), exc_info=t.exception())
+        exc = None if t.cancelled() else t.exception()
+        if exc is not None and schema_gone(exc):
+            gone = True  # `cdc-invoice uninstall` while running: say so, no traceback
+            log.error("%s: %s", t.get_name(), SCHEMA_GONE)
+        elif exc is not None:
+            log.error("%s crashed", t.get_name(), exc_info=exc)
     if crashed:
-        notifier.stopping(f"stopping: {crashed[0].get_name()} crashed")
+        notifier.stopping(
+            f"stopping: {SCHEMA_GONE}" if gone else f"stopping: {crashed[0].get_name()} crashed"
+        )
     await worker.drain(current.daemon.shutdown_grace_seconds)
     for t in [*tasks, *service, *background]:
         t.cancel()
@@ -259,8 +278,8 @@ async def run(
             await t
     if http is not None:
         await http.cleanup()
-    with contextlib.suppress(DatabaseUnavailable):
-        await repo.daemon_stopped()
+    with contextlib.suppress(DatabaseUnavailable, psycopg.errors.UndefinedTable):
+        await repo.daemon_stopped()  # the table is gone too after an uninstall
     await provider.aclose()
     await repo.close()
     notifier.close()

@@ -59,8 +59,13 @@ def test_a_malformed_dsn_in_the_config_is_one_clear_check(tmp_path: Path) -> Non
 def run_cli(args: list[str], cwd: Path, columns: int = 80) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": str(columns), "TERM": "dumb", "NO_COLOR": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "cdc_invoice", *args], cwd=cwd, env=env, capture_output=True,
-        text=True, timeout=60, check=False,
+        [sys.executable, "-m", "cdc_invoice", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

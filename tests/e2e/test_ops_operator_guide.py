@@ -55,6 +55,9 @@ def test_every_command_of_the_operator_guide_works(
         assert (tmp_path / "open-requests.csv").read_text().startswith("request_id,source,")
         quota = _runner.output_of(out, "next_fetch_allowed_from")
         assert sandbox.app_key in quota
+        # Section 7: the peak-load test runs against this daemon and the sandbox.
+        load = _runner.output_of(out, "cdc-invoice loadtest")
+        assert "20/20" in load and "invoices recorded" in load, load
 
         # Every metric the daemon exports is in the guide's table.
         url = re.search(r"metrics at (http://\S+)/metrics", daemon.output())
