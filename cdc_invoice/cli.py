@@ -1,4 +1,9 @@
-"""cdc-invoice command line. The only place that reads the environment and sets up logging."""
+"""cdc-invoice command line: the commands, their one-line errors, and logging set-up.
+
+Settings reach the code from options, CDC_INVOICE_* variables (options' envvars and config.py's
+overrides) and libpq's PG* variables; commands that pull in the sandbox or loadtest are
+imported only when named (LAZY), so the daemon loads what it runs.
+"""
 
 from __future__ import annotations
 

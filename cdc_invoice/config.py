@@ -145,7 +145,8 @@ def load(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
         except FileNotFoundError:
             raise ConfigError(
                 f"config file {path} does not exist",
-                hint="`cdc-invoice config-example > cdc-invoice.toml` writes a commented one",
+                hint="`cdc-invoice config-reference` lists every key; docs/operator-guide.md "
+                "has a complete example",
             ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc

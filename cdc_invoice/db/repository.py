@@ -1,4 +1,6 @@
-"""The daemon's only door to the database: every query comes from sql/queries.sql by name.
+"""The daemon's work queries: claims, results and records, each from sql/queries.sql by name.
+
+(The LISTEN connection, listener.py, and the start-up and health checks open their own.)
 
 psycopg errors are mapped here, once: OperationalError (connection lost, server restarting) is
 ``DatabaseUnavailable`` and the daemon retries; anything else is a bug and propagates.

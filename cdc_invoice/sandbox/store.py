@@ -13,7 +13,6 @@ import asyncio
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -126,10 +125,6 @@ class Store:
 
     def counter(self, name: str) -> int:
         return int(self.meta.get(name, "0"))
-
-    def meta_decimal(self, name: str, default: Decimal) -> Decimal:
-        raw = self.meta.get(name)
-        return Decimal(raw) if raw is not None else default
 
     # -- writes (durable after commit()) -----------------------------------------------------
     def next_counter(self, name: str) -> int:

@@ -40,11 +40,5 @@ def sign(
     return base64.b64encode(digest).decode("ascii")
 
 
-def sign_raw(app_secret: str, message: str) -> str:
-    """Sign an already assembled string (the published test vectors are given this way)."""
-    digest = hmac.new(app_secret.encode(), message.encode(), hashlib.sha1).digest()
-    return base64.b64encode(digest).decode("ascii")
-
-
 def verify(expected_signature: str, **kwargs: str) -> bool:
     return hmac.compare_digest(sign(**kwargs), expected_signature)

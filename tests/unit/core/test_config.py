@@ -83,3 +83,15 @@ def test_reference_lists_every_key_with_its_variable() -> None:
     assert "CDC_INVOICE_DAEMON__CONCURRENCY" in text
     assert "CDC_INVOICE_PROVIDER__CREDENTIALS__MAIN__APP_SECRET_FILE" in text
     assert "[daemon]" in text and "[provider.credentials.<seller_id>]" in text
+
+
+def test_a_missing_config_file_names_a_command_that_exists(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cdc_invoice.cli import main
+
+    with pytest.raises(ConfigError) as info:
+        config.load(str(tmp_path / "missing.toml"))
+    hint = info.value.hint or ""
+    command = hint.split("`cdc-invoice ")[1].split("`")[0]
+    assert CliRunner().invoke(main, [command]).exit_code == 0, command
