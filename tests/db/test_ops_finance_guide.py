@@ -11,12 +11,14 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 DOCS = Path(__file__).parents[2] / "docs"
 BLOCK = re.compile(
@@ -171,7 +173,31 @@ def test_every_statement_of_the_finance_guide_works(shop_dsn: str, tmp_path: Pat
         conn.execute("INSERT INTO shop.orders (customer_id, status) VALUES ('C001', 'shipped')")
         conn.execute("ALTER TABLE shop.orders ENABLE TRIGGER USER")
 
-    out = run_blocks(DOCS / "finance-guide.md", shop_dsn, tmp_path)
+    # As the guide says: a login with cdc_invoice_operator (plus, for the uncaptured-orders
+    # query, read access to the order table), not the superuser the fixtures use.
+    alice = f"alice_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(shop_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN IN ROLE cdc_invoice_operator").format(
+                sql.Identifier(alice)
+            )
+        )
+        conn.execute(
+            sql.SQL(
+                "GRANT CONNECT ON DATABASE {db} TO {r}; GRANT USAGE ON SCHEMA shop TO {r}; "
+                "GRANT SELECT ON shop.orders TO {r}"
+            ).format(db=sql.Identifier(conn.info.dbname), r=sql.Identifier(alice))
+        )
+    try:
+        out = run_blocks(
+            DOCS / "finance-guide.md",
+            psycopg.conninfo.make_conninfo(shop_dsn, user=alice),
+            tmp_path,
+        )
+    finally:
+        with psycopg.connect(shop_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(alice)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(alice)))
 
     assert (tmp_path / "register-2025-02.csv").read_text().count("\n") == 1 + 4
     net = output_of(out, "AS net_excl_tax")
