@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg import sql
 
 from cdc_invoice import demo, harness
 
@@ -24,12 +28,47 @@ _runner = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_runner)
 
 
+@contextlib.contextmanager
+def login(dsn: str, *groups: str) -> Iterator[str]:
+    """A fresh login role in ``groups`` (the roles the guide names); its DSN."""
+    name = f"op_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(
+                sql.Identifier(name), sql.SQL(", ").join(map(sql.Identifier, groups))
+            )
+        )
+        conn.execute(
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                sql.Identifier(conn.info.dbname), sql.Identifier(name)
+            )
+        )
+    try:
+        yield psycopg.conninfo.make_conninfo(dsn, user=name)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
 def test_every_command_of_the_operator_guide_works(
     shop_dsn: str, sandbox: harness.Sandbox, tmp_path: Path
 ) -> None:
+    with (
+        login(shop_dsn, "cdc_invoice_daemon") as daemon_dsn,
+        login(shop_dsn, "cdc_invoice_daemon", "cdc_invoice_operator") as operator_dsn,
+    ):
+        run_the_guide(shop_dsn, daemon_dsn, operator_dsn, sandbox, tmp_path)
+
+
+def run_the_guide(
+    shop_dsn: str, daemon_dsn: str, operator_dsn: str, sandbox: harness.Sandbox, tmp_path: Path
+) -> None:
+    """The daemon and the guide's $CONFIG use a cdc_invoice_daemon login; the operator's $DSN
+    a login with cdc_invoice_daemon and cdc_invoice_operator, as the guide says."""
     config = harness.write_config(
         tmp_path / "cdc-invoice.toml",
-        dsn=shop_dsn,
+        dsn=daemon_dsn,
         sandbox=sandbox,
         daemon={"metrics_listen": "127.0.0.1:0"},
     )
@@ -46,7 +85,7 @@ def test_every_command_of_the_operator_guide_works(
                 assert time.monotonic() < deadline, daemon.output()[-2000:]
                 time.sleep(0.1)
 
-        out = _runner.run_blocks(GUIDE, shop_dsn, tmp_path, env={"CONFIG": str(config)})
+        out = _runner.run_blocks(GUIDE, operator_dsn, tmp_path, env={"CONFIG": str(config)})
         status = _runner.output_of(out, 'cdc-invoice status --dsn "$DSN"\ncdc-invoice status')
         assert "{'last_1m': 3, 'last_5m': 3, 'last_15m': 3}" in status
         assert "Failures by reason" in status and "live" in status
