@@ -33,6 +33,7 @@ amount (so totals stay as above), and keeping every line rule.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from decimal import Decimal
@@ -53,8 +54,11 @@ from cdc_invoice.invoice.validate import (
     LINE_TAX_TOLERANCE,
     PRICE_TOLERANCE,
     check_invoice,
+    order_warnings,
     validate_order,
 )
+
+logger = logging.getLogger(__name__)
 
 # Balance to well inside 1.27 so that a platform summing rounded products still accepts it.
 TAX_DRIFT_TARGET = Decimal("1.00")
@@ -68,6 +72,8 @@ def build_invoices(order: Order, seller: Seller) -> list[InvoiceDraft]:
     problems = validate_order(order, seller)
     if problems:
         raise InvalidOrder(problems, source=order.source, order_ref=order.order_ref)
+    for warning in order_warnings(order):
+        logger.warning("order %s/%s: %s", order.source, order.order_ref, warning)
     discounts = line_discounts(order)
     groups = [_group(line, discount) for line, discount in zip(order.lines, discounts, strict=True)]
     groups = _tax_exclusive_lines(groups)

@@ -14,7 +14,7 @@ from cdc_invoice.invoice.model import Buyer, InvoiceLine, LineProperty, Order, O
 from cdc_invoice.invoice.reversal import RedRequestLine, red_lines
 
 D = Decimal
-SELLER = Seller("main", "339902999999789113", "航信培训企业")
+SELLER = Seller("main", "339902999999789113", "航信培训企业", clerk="张三")
 GOODS, SERVICE = "1090511030000000000", "3049900000000000000"
 
 
