@@ -55,3 +55,6 @@ DROP SCHEMA cdc_invoice CASCADE;
 -- name: reattach_all
 -- After an upgrade: regenerate every attached source's capture function and triggers.
 SELECT * FROM cdc_invoice.reattach();
+
+-- name: sellers_without_clerk
+SELECT seller_id FROM cdc_invoice.seller WHERE clerk IS NULL ORDER BY seller_id;

@@ -1,7 +1,7 @@
 -- Roles (cluster-wide, NOLOGIN; grant them to login roles). Re-applied on every install.
 --   cdc_invoice_daemon    what the daemon needs and no more (no access to inventory tables)
 --   cdc_invoice_operator  the request_* / retry functions, plus reading
---   cdc_invoice_reader    the report views
+--   cdc_invoice_reader    the report views, invoices and their lines, attached sources
 -- On managed services the installer may lack CREATEROLE: then the roles are skipped with a
 -- NOTICE and the DBA creates them (same names) before running install again.
 DO $$
@@ -23,6 +23,10 @@ DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cdc_invoice_reader') THEN
         GRANT USAGE ON SCHEMA cdc_invoice TO cdc_invoice_reader;
+        -- what the finance guide and the functions' hints tell finance to read: an invoice's
+        -- lines (line_no for a partial reversal) and the attached sources
+        GRANT SELECT ON cdc_invoice.invoice, cdc_invoice.invoice_line, cdc_invoice.source
+            TO cdc_invoice_reader;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cdc_invoice_operator') THEN
         GRANT USAGE ON SCHEMA cdc_invoice TO cdc_invoice_operator;

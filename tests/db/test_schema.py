@@ -68,8 +68,11 @@ def test_upgrade_to_json_documents_keeps_them_and_refreshes_capture(fresh_dsn: s
         for version, name in migrations():
             if version <= 2:
                 conn.execute(sql_file(name))
+        # Today's functions stand in for version 2's; today's report views are left out: they
+        # name columns added later (invoice.remark, 0005), and nothing here reads them.
         for name in schema.REPLACEABLE:
-            conn.execute(sql_file(name))
+            if name != "reports.sql":
+                conn.execute(sql_file(name))
         conn.execute(sql_file("examples/demo_shop.sql"))
         fn = conn.execute("SELECT capture_fn FROM cdc_invoice.source").fetchone()
         assert fn is not None
