@@ -7,7 +7,6 @@ a red line needs an amount (issue 15, items 7 and 10).
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
 
 import psycopg
 import pytest
