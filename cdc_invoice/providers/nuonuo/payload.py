@@ -18,6 +18,7 @@ from typing import Final
 from cdc_invoice.errors import InvalidOrder, Problem
 from cdc_invoice.invoice.model import InvoiceDraft, InvoiceLine, LineProperty, Seller
 from cdc_invoice.invoice.money import div, round_quantity
+from cdc_invoice.invoice.validate import SHOW_BANK_ACCOUNT
 from cdc_invoice.providers.base import (
     InvoiceRef,
     PlatformInvoice,
@@ -66,7 +67,6 @@ LIST_PAGE_SIZE: Final = 50  # queryInvoiceList pageSize (ASSUMPTION: the sandbox
 LIST_WINDOW: Final = timedelta(days=10)
 
 MAX_QUANTITY_DECIMALS: Final = 8  # price and num (§2.7)
-SHOW_BANK_ACCOUNT: Final = {"none": "0", "seller": "1", "buyer": "2", "both": "3"}
 SURVEY_RATES: Final = frozenset({Decimal("0.01"), Decimal("0.03")})
 _CENT: Final = Decimal("0.01")
 # Mainland mobile numbers, optionally with the country code: SMS delivery only works for these.
