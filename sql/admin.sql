@@ -76,3 +76,6 @@ SELECT md5(coalesce(string_agg(p.oid::regprocedure::text || ':' || md5(p.prosrc)
 -- name: reattach_all
 -- After an upgrade: regenerate every attached source's capture function and triggers.
 SELECT * FROM cdc_invoice.reattach();
+
+-- name: sellers_without_clerk
+SELECT seller_id FROM cdc_invoice.seller WHERE clerk IS NULL ORDER BY seller_id;

@@ -112,6 +112,11 @@ BEGIN
             USING ERRCODE = 'CI002',
                   HINT = 'INSERT INTO cdc_invoice.seller (seller_id, tax_number, name) VALUES (...) first.';
     END IF;
+    IF EXISTS (SELECT 1 FROM cdc_invoice.seller s WHERE s.seller_id = attach.seller AND s.clerk IS NULL) THEN
+        -- no default 开票员: the platform wants the issuing account's (requestBillingNew clerk)
+        RAISE WARNING 'seller % has no clerk (开票人): its orders will fail until it is set', attach.seller
+            USING HINT = format('UPDATE cdc_invoice.seller SET clerk = ''<开票员姓名>'' WHERE seller_id = %L;', attach.seller);
+    END IF;
 
     BEGIN
         v_table := order_table::regclass;
@@ -372,7 +377,7 @@ BEGIN
     RETURNING r.id INTO v_id;
     IF v_id IS NULL THEN
         RAISE EXCEPTION 'request % is not failed or cancelled', retry.request_id
-            USING ERRCODE = 'CI005', HINT = 'SELECT id, state FROM cdc_invoice.request WHERE state = ''failed''';
+            USING ERRCODE = 'CI005', HINT = 'SELECT request_id, order_ref, last_error FROM cdc_invoice.report_failures';
     END IF;
     INSERT INTO cdc_invoice.event (actor, request_id, event) VALUES (session_user, v_id, 'request.retried');
     PERFORM pg_notify('cdc_invoice', '');

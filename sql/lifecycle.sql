@@ -75,7 +75,7 @@ BEGIN
     IF v_busy IS NOT NULL THEN
         RAISE EXCEPTION 'invoice % already has a request in progress (request %)',
             p_inv.invoice_number, v_busy USING ERRCODE = 'CI006',
-            HINT = format('wait for it: SELECT state, last_error FROM cdc_invoice.request WHERE id = %s', v_busy);
+            HINT = format('wait for it: SELECT state, last_error FROM cdc_invoice.report_open WHERE request_id = %s', v_busy);
     END IF;
 END $$;
 
@@ -94,6 +94,11 @@ DECLARE
     v_qty    numeric;
     v_amount numeric;
     v_seen   int[] := '{}';
+    v_net    numeric;   -- the blue line net of its discount line, on its price basis
+    v_price  numeric;   -- the blue unit price on that basis, as the daemon computes it
+    v_share  numeric;
+    v_left   numeric;
+    v_most   numeric;
 BEGIN
     IF v_reason IS NULL THEN
         RAISE EXCEPTION 'unknown reversal reason %', quote_nullable(reason) USING ERRCODE = 'CI001',
@@ -102,7 +107,7 @@ BEGIN
     v_inv := cdc_invoice._invoice_for_request(request_reversal.invoice_number, 'reverse');
     IF v_inv.status = 'reversed' THEN
         RAISE EXCEPTION 'invoice % is already fully reversed', v_inv.invoice_number USING ERRCODE = 'CI006',
-            HINT = format('its red invoices: SELECT invoice_number FROM cdc_invoice.invoice WHERE original_invoice_id = %s', v_inv.id);
+            HINT = format('its red invoices: SELECT invoice_number, total_incl_tax FROM cdc_invoice.report_register WHERE original_invoice_number = %L', v_inv.invoice_number);
     ELSIF v_inv.status = 'voided' THEN
         RAISE EXCEPTION 'invoice % was voided; there is nothing to reverse', v_inv.invoice_number
             USING ERRCODE = 'CI006', HINT = 'a voided invoice needs no red-letter invoice';
@@ -158,6 +163,43 @@ BEGIN
                         v_blue.line_no, v_inv.invoice_number, v_qty, v_blue.quantity, v_done
                         USING ERRCODE = 'CI006', HINT = format('at most %s can still be reversed', v_blue.quantity - v_done);
                 END IF;
+                SELECT CASE WHEN v_blue.price_includes_tax
+                            THEN v_blue.amount_incl_tax + coalesce(sum(d.amount_incl_tax), 0)
+                            ELSE v_blue.amount_excl_tax + coalesce(sum(d.amount_excl_tax), 0) END
+                  INTO v_net
+                  FROM cdc_invoice.invoice_line d
+                 WHERE d.invoice_id = v_inv.id AND d.line_no = v_blue.line_no + 1 AND d.line_property = 1
+                   AND v_blue.line_property = 2;
+                v_price := round(v_net / v_blue.quantity, 8);
+                v_share := round(v_price * v_qty, 2);
+                IF v_share = 0 THEN
+                    RAISE EXCEPTION 'line % of invoice %: % at the unit price % comes to 0.00; a red line needs at least 0.01',
+                        v_blue.line_no, v_inv.invoice_number, v_qty, v_price
+                        USING ERRCODE = 'CI001', HINT = 'reverse a larger quantity';
+                END IF;
+                -- 销货退回 keeps the blue unit price ("“红冲原因”为“销货退回”时，只允许修改数量，不允许修改
+                -- 单价", 乐企 V4.000): after an allowance (a red line without quantity) the amount
+                -- left may pay for fewer units than remain.
+                IF v_reason = '1' AND EXISTS (
+                        SELECT 1 FROM cdc_invoice.invoice r JOIN cdc_invoice.invoice_line rl ON rl.invoice_id = r.id
+                         WHERE r.original_invoice_id = v_inv.id AND rl.line_no = v_blue.line_no
+                           AND rl.quantity IS NULL) THEN
+                    SELECT v_net + coalesce(sum(CASE WHEN v_blue.price_includes_tax THEN rl.amount_incl_tax
+                                                     ELSE rl.amount_excl_tax END), 0)
+                      INTO v_left
+                      FROM cdc_invoice.invoice r JOIN cdc_invoice.invoice_line rl ON rl.invoice_id = r.id
+                     WHERE r.original_invoice_id = v_inv.id AND rl.line_no = v_blue.line_no;
+                    IF v_share > v_left THEN
+                        v_most := CASE WHEN v_blue.quantity = trunc(v_blue.quantity) THEN floor(v_left / v_price)
+                                       ELSE trunc(v_left / v_price, 8) END;
+                        RAISE EXCEPTION 'line % of invoice %: returning % at the blue unit price % comes to %, more than the % an earlier sales_allowance (销售折让) left; 销货退回 may not change the unit price',
+                            v_blue.line_no, v_inv.invoice_number, v_qty, v_price, v_share, v_left
+                            USING ERRCODE = 'CI006',
+                            HINT = format('return at most %s with sales_return, and reverse the remaining %s with sales_allowance: [{"line_no": %s, "amount": %s}]',
+                                          v_most, v_left - round(v_price * v_most, 2), v_blue.line_no,
+                                          v_left - round(v_price * v_most, 2));
+                    END IF;
+                END IF;
             ELSE
                 IF v_reason = '1' THEN
                     RAISE EXCEPTION 'a sales_return (销货退回) reversal is by quantity, not amount'
@@ -186,6 +228,13 @@ BEGIN
     ELSIF v_inv.status = 'partially_reversed' AND v_reason = '2' THEN
         RAISE EXCEPTION 'invoice % is partially reversed already; invoicing_error needs the whole invoice',
             v_inv.invoice_number USING ERRCODE = 'CI006', HINT = 'reverse the remaining lines with sales_return';
+    ELSIF v_reason = '1' AND EXISTS (
+            SELECT 1 FROM cdc_invoice.invoice r JOIN cdc_invoice.invoice_line rl ON rl.invoice_id = r.id
+             WHERE r.original_invoice_id = v_inv.id AND rl.quantity IS NULL) THEN
+        -- what an allowance left no longer pays for the remaining units at the blue unit price
+        RAISE EXCEPTION 'invoice % had a sales_allowance (销售折让); a full sales_return would change the unit price, which 销货退回 may not',
+            v_inv.invoice_number USING ERRCODE = 'CI006',
+            HINT = 'return by quantity per line (lines => ''[{"line_no": n, "quantity": q}]''), and reverse what is left by amount with sales_allowance';
     END IF;
     RETURN cdc_invoice._enqueue(v_inv, 'reverse',
         jsonb_build_object('reason', v_reason, 'full', lines IS NULL, 'lines', lines,

@@ -96,6 +96,10 @@ SELECT current_setting('server_version') AS server_version, pg_is_in_recovery() 
 -- name: health_seller
 SELECT tax_number FROM cdc_invoice.seller WHERE seller_id = %(seller_id)s;
 
+-- name: sellers_without_clerk
+-- Sellers whose orders fail until the issuing account's 开票员 name is set (no default).
+SELECT seller_id FROM cdc_invoice.seller WHERE clerk IS NULL ORDER BY seller_id;
+
 -- name: health_token
 SELECT token_encrypted, expires_at FROM cdc_invoice.provider_token
  WHERE app_key = %(app_key)s AND octet_length(token_encrypted) > 0;

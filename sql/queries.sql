@@ -125,7 +125,7 @@ WITH input AS (
         issued_at timestamptz, buyer_name text, buyer_tax_number text, buyer_email text,
         buyer_phone text, total_excl_tax numeric, total_tax numeric, total_incl_tax numeric,
         pdf_url text, ofd_url text, xml_url text, delivery_status text, paper_code text,
-        paper_number text, lines jsonb, event_detail jsonb)
+        paper_number text, remark text, lines jsonb, event_detail jsonb)
 ), done AS (
     UPDATE cdc_invoice.request r
        SET state = 'done', claimed_by = NULL, lease_until = NULL, last_error = NULL,
@@ -138,12 +138,12 @@ WITH input AS (
             invoice_number, kind, invoice_line, original_invoice_id, platform_serial,
             platform_order_no, issued_at, buyer_name, buyer_tax_number, buyer_email, buyer_phone,
             total_excl_tax, total_tax, total_incl_tax, pdf_url, ofd_url, xml_url,
-            delivery_status, paper_code, paper_number)
+            delivery_status, paper_code, paper_number, remark)
     SELECT i.request_id, i.part, i.source, i.order_ref, i.seller_id, i.invoice_number, i.kind,
            i.invoice_line, i.original_invoice_id, i.platform_serial, i.platform_order_no,
            i.issued_at, i.buyer_name, i.buyer_tax_number, i.buyer_email, i.buyer_phone,
            i.total_excl_tax, i.total_tax, i.total_incl_tax, i.pdf_url, i.ofd_url, i.xml_url,
-           i.delivery_status, i.paper_code, i.paper_number
+           i.delivery_status, i.paper_code, i.paper_number, i.remark
       FROM input i JOIN done d ON d.id = i.request_id
     RETURNING id, request_id, part
 ), lines AS (
@@ -172,13 +172,14 @@ SELECT id FROM done;
 INSERT INTO cdc_invoice.invoice (request_id, part, source, order_ref, seller_id, invoice_number,
         kind, invoice_line, original_invoice_id, platform_serial, platform_order_no, issued_at,
         buyer_name, buyer_tax_number, buyer_email, buyer_phone, total_excl_tax, total_tax,
-        total_incl_tax, pdf_url, ofd_url, xml_url, delivery_status, paper_code, paper_number)
+        total_incl_tax, pdf_url, ofd_url, xml_url, delivery_status, paper_code, paper_number,
+        remark)
 VALUES (%(request_id)s, %(part)s, %(source)s, %(order_ref)s, %(seller_id)s, %(invoice_number)s,
         %(kind)s, %(invoice_line)s, %(original_invoice_id)s, %(platform_serial)s,
         %(platform_order_no)s, %(issued_at)s, %(buyer_name)s, %(buyer_tax_number)s,
         %(buyer_email)s, %(buyer_phone)s, %(total_excl_tax)s, %(total_tax)s, %(total_incl_tax)s,
         %(pdf_url)s, %(ofd_url)s, %(xml_url)s, %(delivery_status)s, %(paper_code)s,
-        %(paper_number)s)
+        %(paper_number)s, %(remark)s)
 RETURNING id;
 
 -- name: insert_invoice_line
@@ -198,7 +199,8 @@ SELECT s.source, s.seller_id FROM cdc_invoice.source s;
 
 -- name: load_seller
 SELECT seller_id, tax_number, name, address, phone, bank_account, clerk, payee, checker,
-       invoice_line, extension_number, max_invoice_amount, max_lines
+       invoice_line, extension_number, max_invoice_amount, max_lines, remark_template,
+       show_bank_account, survey_answer_type
   FROM cdc_invoice.seller WHERE seller_id = %(seller_id)s;
 
 -- name: load_buyers

@@ -40,10 +40,11 @@ COMMENT ON VIEW cdc_invoice.report_failures IS 'Failed requests with the reason,
 CREATE OR REPLACE VIEW cdc_invoice.report_register AS
 SELECT i.invoice_number, i.kind, o.invoice_number AS original_invoice_number, i.status,
        i.issued_at, i.source, i.order_ref, i.seller_id, i.buyer_name, i.buyer_tax_number,
-       i.total_excl_tax, i.total_tax, i.total_incl_tax, i.pdf_url, i.platform_serial
+       i.total_excl_tax, i.total_tax, i.total_incl_tax, i.pdf_url, i.platform_serial,
+       i.remark
   FROM cdc_invoice.invoice i
   LEFT JOIN cdc_invoice.invoice o ON o.id = i.original_invoice_id;
-COMMENT ON VIEW cdc_invoice.report_register IS 'Every invoice issued, blue and red.';
+COMMENT ON VIEW cdc_invoice.report_register IS 'Every invoice issued, blue and red, with its remark (备注).';
 
 CREATE OR REPLACE VIEW cdc_invoice.report_by_buyer AS
 SELECT date_trunc('month', i.issued_at AT TIME ZONE 'Asia/Shanghai')::date AS month,

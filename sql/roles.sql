@@ -71,6 +71,10 @@ BEGIN
                     AND (viewname LIKE 'report\_%' OR viewname IN ('pending_red_slips')) LOOP
             EXECUTE format('GRANT SELECT ON cdc_invoice.%I TO %I', v, v_reader);
         END LOOP;
+        -- what the finance guide and the functions' hints tell finance to read: an invoice's
+        -- lines (line_no for a partial reversal) and the attached sources
+        EXECUTE format('GRANT SELECT ON cdc_invoice.invoice, cdc_invoice.invoice_line, cdc_invoice.source TO %I',
+                       v_reader);
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = v_operator) THEN
         EXECUTE format('GRANT USAGE ON SCHEMA cdc_invoice TO %I', v_operator);

@@ -32,14 +32,18 @@ CREATE TABLE cdc_invoice.seller (
     address            text,
     phone              text,
     bank_account       text,
-    clerk              text NOT NULL DEFAULT '开票员',
+    clerk              text CHECK (char_length(btrim(clerk)) BETWEEN 1 AND 20),  -- 开票员: no default
     payee              text,
     checker            text,
     invoice_line       text NOT NULL DEFAULT 'pc',   -- pc 数电普票, bs 数电专票, es/ec 数电纸质
     extension_number   text,
     max_invoice_amount numeric(18,2) CHECK (max_invoice_amount > 0),  -- optional split limit
     max_lines          integer NOT NULL DEFAULT 2000 CHECK (max_lines BETWEEN 2 AND 2000),
-    created_at         timestamptz NOT NULL DEFAULT now()
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    remark_template    text,           -- 备注 when the view gives none, e.g. '订单 {order_ref}'
+    show_bank_account  text NOT NULL DEFAULT 'none'   -- showBankAccountType
+                       CHECK (show_bank_account IN ('none', 'seller', 'buyer', 'both')),
+    survey_answer_type text CHECK (survey_answer_type IN ('1', '2', '3'))  -- small-scale 1 %/3 %
 );
 
 -- Tax classification (税收分类编码) and rate per item. source '*' applies to every source.
@@ -164,6 +168,7 @@ CREATE TABLE cdc_invoice.invoice (
     delivery_status     text,
     paper_code          text,     -- paper invoices (es/ec): 发票代码 and 8-digit number
     paper_number        text,
+    remark              text,     -- 备注 as sent
     UNIQUE (request_id, part),
     CHECK ((kind = 'red') = (original_invoice_id IS NOT NULL))
 );
@@ -249,4 +254,4 @@ CREATE TABLE cdc_invoice.reconciliation (
 CREATE INDEX reconciliation_day_idx ON cdc_invoice.reconciliation (day, run_at);
 
 INSERT INTO cdc_invoice.schema_version (version, description) VALUES (1, 'initial'), (2, 'reconciliation'),
-    (3, 'document json'), (4, 'red invoice index'), (5, 'tamper evident');
+    (3, 'document json'), (4, 'red invoice index'), (5, 'tamper evident'), (6, 'finance');

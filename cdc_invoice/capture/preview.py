@@ -41,6 +41,7 @@ class Preview:
     seller: Seller
     drafts: list[InvoiceDraft] = field(default_factory=list)
     error: OrderError | None = None
+    warnings: list[Problem] = field(default_factory=list)  # allowed, but probably wrong
 
     @property
     def ok(self) -> bool:
@@ -65,6 +66,9 @@ class Preview:
             "problems": [
                 {"line_no": p.line_no, "field": p.field, "message": p.message, "fix": p.fix}
                 for p in self.problems
+            ],
+            "warnings": [
+                {"field": p.field, "message": p.message, "fix": p.fix} for p in self.warnings
             ],
             "document": self.rows,
         }
@@ -91,7 +95,7 @@ def preview(dsn: str, source: str, order_ref: str) -> Preview:
     )
     try:
         order = mapping.build_order(source, order_ref, rows, buyers, items, seller)
-        result.drafts = compute.build_invoices(order, seller)
+        result.drafts = compute.build_invoices(order, seller, warn=result.warnings.append)
     except OrderError as exc:
         result.error = exc
     return result
@@ -152,6 +156,8 @@ def render(result: Preview, console: Console) -> None:
         )
     for draft in result.drafts:
         _render_draft(draft, console)
+    for w in result.warnings:
+        console.print(f"[yellow]warning[/]: {escape(w.message)}; {escape(w.fix or '')}")
     if result.error is not None:
         table = Table(
             "line",
@@ -208,6 +214,8 @@ def _render_draft(draft: InvoiceDraft, console: Console) -> None:
     for column, text in zip(table.columns, footer, strict=True):
         column.footer = text
     console.print(table)
+    if draft.remark:
+        console.print(f"  备注 (remark): {escape(draft.remark)}")
 
 
 def _totals(draft: InvoiceDraft) -> tuple[Decimal, Decimal, Decimal]:

@@ -283,7 +283,8 @@ def report_query(
     "--since",
     type=click.DateTime(formats=["%Y-%m-%d"]),
     default=None,
-    help="only rows whose date column (day, month, issued_at …) is on or after DATE",
+    help="only rows whose date column (day, month, issued_at …) is on or after DATE "
+    "(China time, Asia/Shanghai)",
 )
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "csv"]), default="table", show_default=True
@@ -296,6 +297,9 @@ def report(dsn: str, name: str | None, since: datetime | None, fmt: str) -> None
     cdc-invoice report register --format csv > invoices.csv
     """
     with psycopg.connect(dsn) as conn:
+        # China time whatever the server's or the login's time zone: --since D means the
+        # invoice date D (as report_daily counts it), and timestamps print with +08:00.
+        conn.execute("SET TIME ZONE 'Asia/Shanghai'")
         if name is None:
             for view, description in report_views(conn).items():
                 click.echo(f"{view.removeprefix('report_'):<12} {description}")

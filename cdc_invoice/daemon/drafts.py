@@ -124,6 +124,7 @@ def invoice_row(
         "delivery_status": None,
         "paper_code": result.paper_code,
         "paper_number": result.paper_number,
+        "remark": draft.remark,
         "lines": [
             {
                 "line_no": line.line_no,

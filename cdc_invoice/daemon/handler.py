@@ -34,7 +34,11 @@ class SellerCache:
         self._by_source: dict[str, Seller] = {}
 
     async def for_source(self, source: str) -> Seller:
-        if time.monotonic() - self._loaded > self.ttl or source not in self._by_source:
+        cached = self._by_source.get(source)
+        # A seller without clerk fails every order until the DBA sets it: read it again at
+        # once, so that the retry right after the UPDATE the error asked for succeeds.
+        stale = time.monotonic() - self._loaded > self.ttl
+        if stale or cached is None or not cached.clerk:
             await self._reload()
         try:
             return self._by_source[source]

@@ -200,6 +200,7 @@ def run_checks(config: Config, listen_timeout: float = 5.0) -> list[Check]:
         try:
             installed = schema.check_version(conn)
             checks.append(Check("schema", OK, f"version {installed}", time.perf_counter() - t0))
+            checks.append(_clerk_check(conn))
         except SchemaError as exc:
             checks.append(Check("schema", FAIL, exc.message, time.perf_counter() - t0, exc.hint))
             no_schema = "the schema is not usable"
@@ -208,6 +209,21 @@ def run_checks(config: Config, listen_timeout: float = 5.0) -> list[Check]:
         asyncio.run(_platform_checks(config, None if no_schema else dsn, no_schema or ""))
     )
     return checks
+
+
+def _clerk_check(conn: psycopg.Connection[Any]) -> Check:
+    """Every seller needs its issuing account's 开票员 name: there is no default (issue 14/15)."""
+    missing = [str(r[0]) for r in conn.execute(q("sellers_without_clerk", OPS)).fetchall()]
+    if not missing:
+        return Check("seller clerk", OK, "every seller has a clerk (开票人)")
+    return Check(
+        "seller clerk",
+        FAIL,
+        f"seller {', '.join(missing)} has no clerk (开票人): its orders fail until it is set "
+        "(the platform needs the issuing account's 开票员 name, at most 20 characters)",
+        fix="UPDATE cdc_invoice.seller SET clerk = '<开票员姓名>' "
+        f"WHERE seller_id = '{missing[0]}';",
+    )
 
 
 def _listen_round_trip(conn: psycopg.Connection[Any], dsn: str, timeout: float) -> Check:

@@ -337,7 +337,7 @@ class Repository:
     async def _insert_invoice(
         self, conn: psycopg.AsyncConnection[Any], fence: Fence, original: dict[str, Any]
     ) -> int:
-        inv = dict(original)  # the caller may retry the batch
+        inv = {"remark": None, **original}  # a copy: the caller may retry the batch
         lines = inv.pop("lines")
         event_detail = inv.pop("event_detail", {})
         row = await (await conn.execute(q("insert_invoice"), inv)).fetchone()

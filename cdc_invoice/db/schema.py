@@ -147,6 +147,13 @@ def _install_in(conn: psycopg.Connection[tuple[object, ...]]) -> InstallResult:
         before != latest or _functions_fingerprint(conn) != functions_before
     ):
         notes = _reattach(conn)
+    missing = [str(r[0]) for r in conn.execute(q("sellers_without_clerk", "admin.sql")).fetchall()]
+    if missing:
+        notes.append(
+            f"seller {', '.join(missing)} has no clerk (开票人): set the issuing account's "
+            f"开票员 name before orders come: UPDATE cdc_invoice.seller SET clerk = '<开票员姓名>' "
+            f"WHERE seller_id = '{missing[0]}';"
+        )
     return InstallResult(before, latest, applied, notes)
 
 

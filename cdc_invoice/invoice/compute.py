@@ -33,11 +33,12 @@ amount (so totals stay as above), and keeping every line rule.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from decimal import Decimal
 
-from cdc_invoice.errors import InvalidOrder
+from cdc_invoice.errors import InvalidOrder, Problem
 from cdc_invoice.invoice import money
 from cdc_invoice.invoice.model import (
     InvoiceDraft,
@@ -53,21 +54,32 @@ from cdc_invoice.invoice.validate import (
     LINE_TAX_TOLERANCE,
     PRICE_TOLERANCE,
     check_invoice,
+    order_warnings,
     validate_order,
 )
+
+logger = logging.getLogger(__name__)
 
 # Balance to well inside 1.27 so that a platform summing rounded products still accepts it.
 TAX_DRIFT_TARGET = Decimal("1.00")
 
 
-def build_invoices(order: Order, seller: Seller) -> list[InvoiceDraft]:
+def build_invoices(
+    order: Order, seller: Seller, *, warn: Callable[[Problem], None] | None = None
+) -> list[InvoiceDraft]:
     """Validate and compute ``order``: one draft per invoice to issue, with ``part``/``parts``.
 
-    Raises ``InvalidOrder`` listing every problem found.
+    Raises ``InvalidOrder`` listing every problem found. What is allowed but probably wrong
+    (validate.order_warnings) goes to ``warn``, by default the log.
     """
     problems = validate_order(order, seller)
     if problems:
         raise InvalidOrder(problems, source=order.source, order_ref=order.order_ref)
+    for warning in order_warnings(order):
+        if warn is None:
+            logger.warning("order %s/%s: %s", order.source, order.order_ref, warning)
+        else:
+            warn(warning)
     discounts = line_discounts(order)
     groups = [_group(line, discount) for line, discount in zip(order.lines, discounts, strict=True)]
     groups = _tax_exclusive_lines(groups)

@@ -11,6 +11,8 @@ Values are only parsed here (numbers to ``Decimal``); the invoice rules live in 
 
 from __future__ import annotations
 
+import re
+import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from decimal import Decimal
@@ -68,6 +70,7 @@ def build_order(
     ]
     unmapped += _unmapped_items(source, rows, items)
     order_discount = _order_discount(rows, problems)
+    remark = _remark(source, order_ref, rows, seller, problems)
     if unmapped:
         raise MappingError(unmapped + problems, source=source, order_ref=order_ref)
     if problems or buyer is None:
@@ -79,12 +82,72 @@ def build_order(
         lines=tuple(sorted(lines, key=lambda line: line.line_no)),
         invoice_line=buyer.invoice_line or seller.invoice_line,
         order_discount=order_discount,
+        remark=remark,
     )
+
+
+REMARK_FIELDS = ("order_ref", "source")
+
+
+def _remark(
+    source: str,
+    order_ref: str,
+    rows: Sequence[Mapping[str, Any]],
+    seller: Seller,
+    problems: list[Problem],
+) -> str | None:
+    """备注: the first non-empty ``remark`` of the order's rows (in line order), else the
+    seller's ``remark_template`` filled in ({order_ref}, {source}), else none."""
+    for row in sorted(rows, key=_row_position):
+        if text := _text(row.get("remark")):
+            return text
+    template = seller.remark_template
+    if not template or not template.strip():
+        return None
+    fix = (
+        f"UPDATE cdc_invoice.seller SET remark_template = '订单 {{order_ref}}' "
+        f"WHERE seller_id = {sql_literal(seller.seller_id)};"
+    )
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        unknown = sorted(names - set(REMARK_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown field {{{unknown[0]}}}")
+        return template.format(order_ref=order_ref, source=source).strip() or None
+    except (ValueError, IndexError) as exc:
+        problems.append(
+            Problem(
+                f"the seller's remark_template {template!r} cannot be filled in: {exc} "
+                f"(it may use {', '.join('{' + f + '}' for f in REMARK_FIELDS)})",
+                field="seller.remark_template",
+                fix=fix,
+            )
+        )
+        return None
+
+
+def _row_position(row: Mapping[str, Any]) -> Decimal:
+    try:
+        return money.to_decimal(row.get("line_no"), field="line_no")
+    except (ValueError, TypeError):
+        return Decimal("Infinity")  # unparsable line numbers are reported elsewhere
 
 
 def sql_literal(value: str) -> str:
     """A SQL string literal (standard_conforming_strings: only quotes need doubling)."""
     return "'" + value.replace("'", "''") + "'"
+
+
+# "*简称*名称": the platform prints the code's short name between asterisks before goodsName, so
+# a name that already starts with one (copied from an earlier invoice) would print it twice.
+_SHORT_NAME_PREFIX = re.compile(r"\*[^*]+\*")
+
+
+def item_name(raw: object) -> str:
+    """The item name to send: without a leading ``*简称*`` (the platform adds its own)."""
+    text = _text(raw) or ""
+    match = _SHORT_NAME_PREFIX.match(text)
+    return text[match.end() :].strip() if match else text
 
 
 def _text(value: object) -> str | None:
@@ -206,7 +269,7 @@ def _line(
     return OrderLine(
         line_no=line_no,
         item_ref=item_ref,
-        name=_text(row.get("item_name")) or "",
+        name=item_name(row.get("item_name")),
         tax_code=code,
         tax_rate=rate,
         quantity=quantity,

@@ -24,13 +24,18 @@ class Seller:
     address: str | None = None
     phone: str | None = None
     bank_account: str | None = None
-    clerk: str = "开票员"
-    payee: str | None = None
-    checker: str | None = None
+    # 开票人: the issuing account's 开票员 name (requestBillingNew clerk, ≤ 20). No default: a
+    # guessed name is refused by the platform, so a seller without one fails with the fix.
+    clerk: str | None = None
+    payee: str | None = None  # 收款人 (≤ 20)
+    checker: str | None = None  # 复核人 (≤ 20)
     invoice_line: str = "pc"  # default invoice kind: pc 数电普票, bs 数电专票, es/ec paper 数电
     extension_number: str | None = None
     max_invoice_amount: Decimal | None = None  # optional per-invoice limit (incl. tax) -> split
     max_lines: int = 2000  # platform limit, discount lines included
+    remark_template: str | None = None  # 备注 when the view gives none: '订单 {order_ref}'
+    show_bank_account: str = "none"  # none / seller / buyer / both (showBankAccountType)
+    survey_answer_type: str | None = None  # '1'..'3': why a small-scale seller uses 1 %/3 %
 
 
 @dataclass(frozen=True, slots=True)

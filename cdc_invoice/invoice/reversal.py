@@ -5,16 +5,25 @@ the red line's ``line_no`` is that discounted line's index (Nuonuo ``blueDetailI
 quantities on red lines are negative; unit prices stay positive.
 
 Reason rules (乐企 3.1.2), and how requests must be shaped here:
-- 1 销货退回 sales_return: by quantity only, at the blue unit price. Not for service codes (3…).
+- 1 销货退回 sales_return: by quantity only, at the blue unit price:
+  "“红冲原因”为“销货退回”时，只允许修改数量，不允许修改单价"
+  (乐企 基础版 V4.000, 红字确认单 业务校验). Not for service codes (3…).
 - 2 开票有误 invoicing_error: full reversal only, of an invoice not reversed before (the red
   invoice must mirror the blue one exactly).
 - 3 服务中止 service_termination: by quantity or by amount (quantity then follows at the blue unit
   price). Not for goods codes (1…, 2…).
 - 4 销售折让 sales_allowance: by amount only; the red line has no quantity and no price.
+- The goods/service rule above is waived for an invoice that mixes both (兼营): "商品服务编码为以
+  1、2开头的冲红原因不允许选择“服务中止”，商品服务编码为以3开头的冲红原因不允许选择“销售退回”，
+  兼营销售则不对红字原因进行控制" (same section).
 A partial piece is the proportional (or requested) amount, split by the reference method or a
 cent off it (see ``_piece``); the last piece of a line takes exactly what remains, so pieces always
 add up to the blue line.
-After an allowance (4) on a line, later red lines on it price a unit at what remains per unit.
+After an allowance (4) on a line, a later 销货退回 still prices a unit at the blue unit price (the
+rule above), so it can return only as many units as the amount the allowance left pays for at that
+price; the rest of that amount is settled by amount (another 销售折让), which the refusal
+says. Other reasons (服务中止) price a unit at what remains per unit.
+A piece that rounds to 0.00 is refused: the platform needs a red amount.
 Not modelled here: natural-person and 差额征税 restrictions (the platform enforces them).
 """
 
@@ -22,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 
 from cdc_invoice.errors import InvalidOrder, Problem
 from cdc_invoice.invoice import money
@@ -114,16 +123,20 @@ def red_lines(
     problems: list[Problem] = []
     blue = _reversible(blue_lines, problems)
     done = _reversed_so_far(already_reversed, blue, problems)
-    for index in {red.line_no for red in already_reversed if red.quantity is None} & blue.keys():
-        # After an allowance a unit is worth what remains per unit: later red lines use that
-        # price so that their price × quantity still matches their amount.
-        entry = blue[index]
-        blue[index] = replace(entry, unit_price=_net_price(entry.line, entry.net - done[index]))
+    allowed = {red.line_no for red in already_reversed if red.quantity is None} & blue.keys()
+    if code != "1":
+        for index in allowed:
+            # After an allowance a unit is worth what remains per unit: later red lines use
+            # that price so that their price × quantity still matches their amount. 销货退回
+            # keeps the blue price instead (module docstring).
+            entry = blue[index]
+            blue[index] = replace(entry, unit_price=_net_price(entry.line, entry.net - done[index]))
     if requested is None:
-        takes = _full(code, blue, done, problems)
+        takes = _full(code, blue, done, problems, allowed)
     else:
-        takes = _partial(code, blue, done, requested, problems)
-    problems += _reason_code_problems(code, (blue[i].line for i, _ in takes))
+        takes = _partial(code, blue, done, requested, problems, allowed)
+    if not _mixed(blue.values()):
+        problems += _reason_code_problems(code, (blue[i].line for i, _ in takes))
     problems += _cumulative_problems(blue, done, takes)
     if problems:
         raise InvalidOrder(problems)
@@ -185,8 +198,18 @@ def _reversed_so_far(
     return done
 
 
+def _mixed(blue: Iterable[_Blue]) -> bool:
+    """兼营: the invoice has goods or labour (1…, 2…) and services (3…)."""
+    kinds = {b.line.tax_code[:1] for b in blue}
+    return bool(kinds & {"1", "2"}) and "3" in kinds
+
+
 def _full(
-    code: str, blue: dict[int, _Blue], done: dict[int, _Amounts], problems: list[Problem]
+    code: str,
+    blue: dict[int, _Blue],
+    done: dict[int, _Amounts],
+    problems: list[Problem],
+    allowed: set[int],
 ) -> list[tuple[int, _Amounts]]:
     if code == "2" and done:
         problems.append(
@@ -201,6 +224,10 @@ def _full(
     if code == "4":  # an allowance reverses amounts, not goods
         takes = [(i, replace(t, quantity=money.ZERO)) for i, t in takes]
     takes = [(i, t) for i, t in takes if t.incl or t.excl or t.tax]
+    if code == "1":
+        for index, take in takes:
+            if index in allowed and take.quantity:
+                problems.append(_returned_after_allowance(blue[index], take.quantity, take))
     if not blue:
         problems.append(Problem("the blue invoice has no lines", fix="pass the blue lines"))
     elif not takes:
@@ -216,6 +243,7 @@ def _partial(
     done: dict[int, _Amounts],
     requested: Sequence[RedRequestLine],
     problems: list[Problem],
+    allowed: set[int],
 ) -> list[tuple[int, _Amounts]]:
     if code == "2":
         problems.append(
@@ -251,7 +279,11 @@ def _partial(
         amount = _positive(request.amount, index, "amount", problems)
         _shape_problems(code, index, quantity, amount, problems)
         if len(problems) == before:
-            take = _take(code, blue[index], done.get(index, _NOTHING), quantity, amount, problems)
+            rest = done.get(index, _NOTHING)
+            if code == "1" and index in allowed and quantity is not None:
+                take = _return_at_blue_price(blue[index], rest, quantity, problems)
+            else:
+                take = _take(code, blue[index], rest, quantity, amount, problems)
             if take is not None:
                 takes.append((index, take))
     return takes
@@ -334,9 +366,73 @@ def _take(
         return rest
     basis = rest.incl if line.price_includes_tax else rest.excl
     share = money.cents(money.div(money.mul(basis, quantity), rest.quantity))
+    if share <= 0:
+        problems.append(_nothing(index, f"quantity {quantity}", share))
+        return None
     if line.price_includes_tax:
         return _piece(line.tax_rate, rest, quantity, incl=share)
     return _piece(line.tax_rate, rest, quantity, excl=share)
+
+
+def _nothing(index: int, what: str, share: Decimal) -> Problem:
+    return _problem(
+        index,
+        f"{what} comes to {share} at the blue unit price; a red line needs at least 0.01",
+        "reverse a larger quantity",
+    )
+
+
+def _return_at_blue_price(
+    blue: _Blue, done: _Amounts, quantity: Decimal, problems: list[Problem]
+) -> _Amounts | None:
+    """销货退回 on a line an allowance reduced: the blue unit price, within what is left."""
+    line, rest = blue.line, blue.net - done
+    if quantity > rest.quantity:
+        problems.append(_over(line.line_no, f"quantity {quantity}", rest.quantity, done.quantity))
+        return None
+    assert blue.unit_price is not None  # a line with a quantity has a price
+    share = money.cents(money.mul(blue.unit_price, quantity))
+    basis = rest.incl if line.price_includes_tax else rest.excl
+    if share <= 0:
+        problems.append(_nothing(line.line_no, f"quantity {quantity}", share))
+        return None
+    if share > basis:
+        problems.append(_returned_after_allowance(blue, quantity, rest))
+        return None
+    if line.price_includes_tax:
+        return _piece(line.tax_rate, rest, quantity, incl=share)
+    return _piece(line.tax_rate, rest, quantity, excl=share)
+
+
+def _returned_after_allowance(blue: _Blue, quantity: Decimal, rest: _Amounts) -> Problem:
+    line, price = blue.line, blue.unit_price or money.ZERO
+    basis = rest.incl if line.price_includes_tax else rest.excl
+    most = _most_units(basis, price, whole=(line.quantity or money.ZERO) % 1 == 0)
+    share = money.cents(money.mul(price, quantity))
+    left = basis - money.cents(money.mul(price, most))
+    fix = f"return at most {most} (at {price}) with sales_return" + (
+        f", and reverse the remaining {left} with sales_allowance (销售折让, by amount)"
+        if left
+        else ""
+    )
+    return _problem(
+        line.line_no,
+        f"cannot return {quantity} at the blue unit price {price} ({share}): an earlier "
+        f"销售折让 left {basis} on the line, and 销货退回 may not change the unit price "
+        "(“红冲原因”为“销货退回”时，只允许修改数量，不允许修改单价)",
+        fix,
+    )
+
+
+def _most_units(amount: Decimal, price: Decimal, *, whole: bool) -> Decimal:
+    """The largest quantity whose price × quantity (in cents) stays within ``amount``."""
+    if price <= 0 or amount <= 0:
+        return money.ZERO
+    step = Decimal(1) if whole else Decimal(1).scaleb(-money.MAX_DECIMALS)
+    most = money.div(amount, price).quantize(step, rounding=ROUND_FLOOR)
+    while most > 0 and money.cents(money.mul(price, most)) > amount:
+        most -= step
+    return most
 
 
 def _quantity_for(blue: _Blue, incl: Decimal, rest: _Amounts) -> Decimal | None:

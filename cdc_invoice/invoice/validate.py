@@ -1,25 +1,33 @@
 """The invoice rules, as checks that return every ``Problem`` at once (never the first only).
 
 ``validate_order`` checks an order before any computation: what the finance user or the DBA must
-fix in the document view, the mapping tables or the seller row. ``check_invoice`` checks a computed
-invoice against the platform's arithmetic rules (nuonuo.md §3.3–3.5); compute.py runs it on every
-draft, so an invoice that the platform would reject never leaves the domain.
+fix in the document view, the mapping tables or the seller row. ``order_warnings`` lists what is
+suspicious but allowed (logged, not refused). ``check_invoice`` checks a computed invoice against
+the platform's arithmetic rules (nuonuo.md §3.3–3.5); compute.py runs it on every draft, so an
+invoice that the platform would reject never leaves the domain.
 
 Decisions where the sources are silent or unverified (nuonuo.md §3.2, §3.10, §6):
 - Rate 0 needs policy flag 03 (免税) or 04 (不征税); 1.5 % needs flag 10 and flag 10 needs 1.5 %;
   flags 08/09 (按3%/5%简易征收) need 3 %/5 %. Export zero rating (legacy zeroRateFlag 3) is not
   modelled: 数电 sends no zeroRateFlag.
+- Invoice kinds: only the 数电 kinds pc, bs, es, ec. The legacy 税控 kinds p, c, s, b take other
+  flag fields ("favouredPolicyFlag 0,不使用;1,使用" + favouredPolicyName, zeroRateFlag 1/2/3,
+  requestBillingNew) that cdc-invoice does not send, so they are refused rather than half-sent.
 - Tax codes: 19 digits, first digit 1–6, and not a 篇-level code (one digit then 18 zeros), which is
-  always a summary (汇总项). Deeper 汇总项 need the bureau's code table, which only the platform has
-  (it answers E9121/E9138).
+  always a summary (汇总项) — except the telecom 汇总项 the 乐企 document allows, each with the rate
+  it requires (taxcodes.py). Deeper 汇总项 need the bureau's code table, which only the platform
+  has (it answers E9121/E9138). Codes of special businesses (特定要素) are refused (taxcodes.py).
 - goodsName ≤ 90, specType ≤ 40, unit ≤ 20 characters (Nuonuo field lengths; whether the platform
-  counts GBK bytes is unverified), buyer name ≤ 100, email ≤ 50 (E9104), remark ≤ 200 (数电).
+  counts GBK bytes is unverified), buyer name ≤ 100, email ≤ 50 (E9104), remark ≤ 200 (数电),
+  buyer address ≤ 80 and phone ≤ 50 and both together ≤ 100, clerk/payee/checker ≤ 20, price and
+  num ≤ 16 characters as sent (requestBillingNew field table).
 - Quantities and prices with more than 8 decimals are rounded half up to 8 for the platform while
   the amount stays quantity × price of the document; the line is refused only if that rounding
   moves price × quantity more than 0.01 away from the amount (``check_invoice``).
 - An order-level discount is on the price basis of the lines, so all lines must share one basis.
 - Every line must come to at least 0.01 and the order to a positive total after discounts.
-- Tax numbers: 15–20 ASCII digits or capitals; no check digit (not verified for every form).
+- Tax numbers: 15–20 ASCII digits or capitals; an 18-character one must carry the GB 32100-2015
+  check character: refused on a 专票 (the buyer deducts input tax with it), only warned on a 普票.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ from cdc_invoice.invoice.model import (
     OrderLine,
     Seller,
 )
+from cdc_invoice.invoice.taxcodes import TELECOM_SUMMARY_RATES, special_business
+from cdc_invoice.invoice.uscc import uscc_problem
 
 ALLOWED_RATES = frozenset(
     Decimal(r) for r in ("0.13", "0.09", "0.06", "0.05", "0.03", "0.015", "0.01", "0")
@@ -52,11 +62,17 @@ FLAG_RATES = {
     "09": Decimal("0.05"),
     "10": Decimal("0.015"),
 }
-SPECIAL_INVOICE_LINES = frozenset({"bs", "es", "s", "b"})  # 专票: buyer tax number mandatory
-SUPPORTED_INVOICE_LINES = frozenset({"pc", "bs", "es", "ec", "p", "c", "s", "b"})
+SPECIAL_INVOICE_LINES = frozenset({"bs", "es"})  # 数电专票: buyer tax number mandatory
+SUPPORTED_INVOICE_LINES = frozenset({"pc", "bs", "es", "ec"})
+LEGACY_INVOICE_LINES = {"p": "pc", "c": "ec", "s": "es", "b": "bs"}  # 税控 kind → its 数电 kind
 PLATFORM_MAX_LINES = 2000  # Nuonuo invoiceDetail, discount lines included
 MAX_NAME, MAX_SPEC, MAX_UNIT = 90, 40, 20
 MAX_BUYER_NAME, MAX_EMAIL, MAX_REMARK = 100, 50, 200
+MAX_ADDRESS, MAX_PHONE, MAX_ADDRESS_PHONE = 80, 50, 100  # buyerAddress, buyerTel, together
+MAX_PERSON = 20  # clerk, payee, checker
+MAX_NUMBER_TEXT = 16  # price and num as sent ("price String N 16", "num String N 16")
+SHOW_BANK_ACCOUNT = {"none": "0", "seller": "1", "buyer": "2", "both": "3"}  # showBankAccountType
+SURVEY_ANSWER_TYPES = frozenset({"1", "2", "3"})  # surveyAnswerType
 PRICE_TOLERANCE = Decimal("0.01")  # |price × quantity − amount|
 LINE_TAX_TOLERANCE = Decimal("0.06")  # |amount × rate − tax| per line (E9131)
 INVOICE_TAX_TOLERANCE = Decimal("1.27")  # |Σ amount × rate − total tax| per invoice
@@ -120,6 +136,50 @@ def _seller_problems(seller: Seller) -> list[Problem]:
                 fix=fix(f"max_lines = {PLATFORM_MAX_LINES}"),
             )
         )
+    clerk = (seller.clerk or "").strip()
+    if not clerk:
+        problems.append(
+            Problem(
+                "the seller has no clerk (开票人): the platform needs the name of the issuing "
+                "account's 开票员 (requestBillingNew: "
+                "数电票时需要传入和开票登录账号对应的开票员姓名)",
+                field="seller.clerk",
+                fix=fix("clerk = '<开票员姓名>'") + " (the name shown for the account on the "
+                "platform), then retry",
+            )
+        )
+    for name, value, label in (
+        ("clerk", clerk, "开票人"),
+        ("payee", seller.payee, "收款人"),
+        ("checker", seller.checker, "复核人"),
+    ):
+        if value and len(value.strip()) > MAX_PERSON:
+            problems.append(
+                Problem(
+                    f"seller {name} ({label}) has {len(value.strip())} characters, "
+                    f"more than the platform's {MAX_PERSON}",
+                    field=f"seller.{name}",
+                    fix=fix(f"{name} = '<at most {MAX_PERSON} characters>'"),
+                )
+            )
+    if seller.show_bank_account not in SHOW_BANK_ACCOUNT:
+        problems.append(
+            Problem(
+                f"seller show_bank_account {seller.show_bank_account!r} is not one of "
+                + ", ".join(SHOW_BANK_ACCOUNT),
+                field="seller.show_bank_account",
+                fix=fix("show_bank_account = 'none'"),
+            )
+        )
+    survey = seller.survey_answer_type
+    if survey is not None and survey not in SURVEY_ANSWER_TYPES:
+        problems.append(
+            Problem(
+                f"seller survey_answer_type {survey!r} is not 1, 2 or 3 (surveyAnswerType)",
+                field="seller.survey_answer_type",
+                fix=fix("survey_answer_type = NULL"),
+            )
+        )
     limit = seller.max_invoice_amount
     if limit is not None and not (limit.is_finite() and limit > 0):
         problems.append(
@@ -134,7 +194,19 @@ def _seller_problems(seller: Seller) -> list[Problem]:
 
 def _header_problems(order: Order) -> list[Problem]:
     problems = buyer_problems(order.buyer, order.invoice_line)
-    if order.invoice_line not in SUPPORTED_INVOICE_LINES:
+    legacy = LEGACY_INVOICE_LINES.get(order.invoice_line)
+    if legacy is not None:
+        problems.append(
+            Problem(
+                f"invoice kind {order.invoice_line!r} is a legacy 税控 kind, which takes other "
+                "flag fields than 数电 (favouredPolicyFlag 0/1 with favouredPolicyName, "
+                "zeroRateFlag); cdc-invoice issues 数电 invoices only",
+                field="invoice_line",
+                fix=f"use the 数电 kind {legacy!r}: set invoice_type in cdc_invoice.buyer or "
+                f"invoice_line in cdc_invoice.seller to {legacy!r}",
+            )
+        )
+    elif order.invoice_line not in SUPPORTED_INVOICE_LINES:
         problems.append(
             Problem(
                 f"invoice kind {order.invoice_line!r} is not supported",
@@ -146,12 +218,36 @@ def _header_problems(order: Order) -> list[Problem]:
     if order.remark is not None and len(order.remark) > MAX_REMARK:
         problems.append(
             Problem(
-                f"remark has {len(order.remark)} characters, more than {MAX_REMARK}",
+                f"remark has {len(order.remark)} characters, more than {MAX_REMARK} (the most "
+                "a 数电 invoice allows, requestBillingNew remark: 数电票时最长为200字符)",
                 field="remark",
-                fix=f"shorten the remark to {MAX_REMARK} characters",
+                fix=f"shorten the remark column of {_VIEW} (or the seller's remark_template) "
+                f"to {MAX_REMARK} characters",
             )
         )
     return problems
+
+
+def order_warnings(order: Order) -> list[Problem]:
+    """What is allowed but probably wrong: logged by compute.py, the invoice is still issued."""
+    warnings: list[Problem] = []
+    tax_number = order.buyer.tax_number
+    if (
+        tax_number
+        and TAX_NUMBER.fullmatch(tax_number)
+        and order.invoice_line not in (SPECIAL_INVOICE_LINES)
+    ):
+        why = uscc_problem(tax_number)
+        if why is not None:
+            warnings.append(
+                Problem(
+                    f"buyer tax number {tax_number} does not look like a valid "
+                    f"统一社会信用代码 ({why}); the 普票 is issued with it as given",
+                    field="buyer_tax_number",
+                    fix="check the tax number in cdc_invoice.buyer against the buyer's licence",
+                )
+            )
+    return warnings
 
 
 def buyer_problems(buyer: Buyer, invoice_line: str) -> list[Problem]:
@@ -169,19 +265,44 @@ def buyer_problems(buyer: Buyer, invoice_line: str) -> list[Problem]:
                 fix="shorten the buyer name",
             )
         )
-    # The platform prints address and phone in one field of at most 100 characters (§2.7).
-    address_phone = len((buyer.address or "").strip()) + len((buyer.phone or "").strip())
-    if address_phone > 100:
+    # "buyerAddress … 80", "buyerTel … 50", "购方地址+电话总共不超100字符" (requestBillingNew).
+    address, phone = (buyer.address or "").strip(), (buyer.phone or "").strip()
+    for field, value, limit in (
+        ("buyer_address", address, MAX_ADDRESS),
+        ("buyer_phone", phone, MAX_PHONE),
+    ):
+        if len(value) > limit:
+            problems.append(
+                Problem(
+                    f"the buyer's {field.removeprefix('buyer_')} has {len(value)} characters, "
+                    f"more than the platform's {limit}",
+                    field=field,
+                    fix=f"shorten {field.removeprefix('buyer_')} in cdc_invoice.buyer"
+                    + (f" or {field} in {_VIEW}" if field == "buyer_phone" else ""),
+                )
+            )
+    if len(address) + len(phone) > MAX_ADDRESS_PHONE:
         problems.append(
             Problem(
-                f"the buyer's address and phone have {address_phone} characters together, "
-                "more than the platform's 100",
+                f"the buyer's address and phone have {len(address) + len(phone)} characters "
+                f"together, more than the platform's {MAX_ADDRESS_PHONE}",
                 field="buyer_address",
                 fix="shorten address or phone in cdc_invoice.buyer",
             )
         )
     tax_number = buyer.tax_number
     if tax_number:
+        why = uscc_problem(tax_number) if TAX_NUMBER.fullmatch(tax_number) else None
+        if why is not None and invoice_line in SPECIAL_INVOICE_LINES:
+            problems.append(
+                Problem(
+                    f"buyer tax number {tax_number} is not a valid 统一社会信用代码: {why}; a "
+                    "专票 with a wrong number cannot be deducted by the buyer",
+                    field="buyer_tax_number",
+                    fix="correct the tax number in cdc_invoice.buyer (or buyer_tax_number in "
+                    f"{_VIEW}) from the buyer's business licence",
+                )
+            )
         if not TAX_NUMBER.fullmatch(tax_number):
             problems.append(
                 Problem(
@@ -351,10 +472,37 @@ def _tax_problems(line: OrderLine) -> list[Problem]:
             f"{set_flag} to '10'",
         )
     set_code = f"set tax_code of {item} {where} to its 19-digit 税收分类编码"
+    special = special_business(code) if TAX_CODE.fullmatch(code) else None
     if not TAX_CODE.fullmatch(code):
         add(f"tax code {code!r} is not 19 digits", "tax_code", set_code)
     elif code[0] not in "123456":
         add(f"tax code {code} does not start with 1–6", "tax_code", set_code)
+    elif code in TELECOM_SUMMARY_RATES:
+        # 乐企 基础版 2.2.4.3: telecom 汇总项 codes are allowed, each at one rate only.
+        needed = TELECOM_SUMMARY_RATES[code]
+        if rate != needed:
+            add(
+                f"tax code {code} (电信服务汇总项) must be issued at rate {needed}, not {rate} "
+                "(乐企: 使用该编码开票时税率必须为" + f"{needed * 100:.0f}%)",
+                "tax_rate",
+                f"{set_rate} to {needed}",
+            )
+        elif needed == 0 and flag != "04":
+            add(
+                f"tax code {code} (电信服务汇总项) needs policy flag 04 (不征税)",
+                "policy_flag",
+                f"{set_flag} to '04'",
+            )
+    elif special is not None:
+        add(
+            f"tax code {code} is a {special.kind} code: a {special.kind} invoice is a special "
+            f"business (特定要素 {special.factor}) with its own fields, and cdc-invoice issues "
+            "ordinary 数电 invoices only (乐企 基础版: 特定要素 必须为空; code range from "
+            f"{special.source})",
+            "tax_code",
+            "issue this item's invoices on the platform directly; if the code is wrong, "
+            + set_code,
+        )
     elif code[1:] == "0" * 18:
         add(f"tax code {code} is a summary (汇总项) code", "tax_code", set_code + " (a leaf code)")
     elif code[0] == "6" and (flag != "04" or rate != 0):
@@ -429,6 +577,7 @@ def check_invoice(
             Problem(message, line_no=line.source_line_no, field="amount", fix=_INTERNAL)
             for message in _line_rule_breaks(position, line, previous, following)
         ]
+        problems += number_text_problems(line)
     drift = sum((money.mul(ln.amount_excl_tax, ln.tax_rate) for ln in lines), money.ZERO)
     drift -= draft.total_tax
     if abs(drift) > INVOICE_TAX_TOLERANCE:
@@ -459,6 +608,34 @@ def check_invoice(
 
 
 _INTERNAL = "this is a cdc-invoice bug or an extreme quantity; report it with the order"
+
+
+def as_sent(value: Decimal) -> str:
+    """A number as the payload sends it: the shortest plain decimal ("3099", "0.13")."""
+    return "0" if value.is_zero() else format(value.normalize(), "f")
+
+
+def number_text_problems(line: InvoiceLine) -> list[Problem]:
+    """price and num go as text of at most 16 characters ("price String N 16", "num String N
+    16", requestBillingNew); the platform refuses longer ones, so refuse them here first."""
+    problems: list[Problem] = []
+    for field, value in (("quantity", line.quantity), ("unit_price", line.unit_price)):
+        if value is None:
+            continue
+        sent = as_sent(value)
+        if len(sent) > MAX_NUMBER_TEXT:
+            problems.append(
+                Problem(
+                    f"{field} {sent} has {len(sent)} characters as sent, more than the "
+                    f"platform's {MAX_NUMBER_TEXT}",
+                    line_no=line.source_line_no,
+                    field=field,
+                    fix=f"give {field} with fewer digits in {_VIEW} (at most "
+                    f"{MAX_NUMBER_TEXT} characters with the point, e.g. 4 decimals), or "
+                    "invoice in a larger unit",
+                )
+            )
+    return problems
 
 
 def _amount(line: InvoiceLine, field: str) -> Decimal:

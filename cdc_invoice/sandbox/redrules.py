@@ -5,7 +5,9 @@ netted in (red invoices carry no discount lines). Per blue item, the red quantit
 taxes of every live slip together may not exceed the item (cumulative control): exceeding it, or
 reversing a fully reversed invoice, is E9103. Reason constraints: 开票有误 (2) only as a full
 reversal; 销货退回 (1) keeps the unit price and needs a quantity; 销售折让 (4) is amount-only (no
-price, no quantity); goods codes (1xx/2xx) cannot use 服务中止 (3), services (3xx) not 销货退回.
+price, no quantity); goods codes (1xx/2xx) cannot use 服务中止 (3), services (3xx) not 销货退回,
+unless the blue invoice mixes both: "兼营销售则不对红字原因进行控制" (乐企 基础版 V4.000, 红字确认单
+业务校验).
 """
 
 from __future__ import annotations
@@ -108,10 +110,14 @@ def partial_reversal(
         return Rejection(codes.RED_INVALID, "冲红原因为开票有误时只能全额冲红(不传detail)")
     lines: list[Line] = []
     seen: set[int] = set()
+    kinds = {item.goods_code[:1] for item in items.values()}
+    mixed = bool(kinds & {"1", "2"}) and "3" in kinds  # 兼营
     for position, raw in enumerate(detail, start=1):
         if not isinstance(raw, dict):
             return Rejection(codes.RED_INVALID, f"detail第{position}行必须是对象")
-        line = _partial_line(cast(Mapping[str, object], raw), position, items, used, reason, seen)
+        line = _partial_line(
+            cast(Mapping[str, object], raw), position, items, used, reason, seen, mixed=mixed
+        )
         if isinstance(line, Rejection):
             return line
         lines.append(line)
@@ -127,6 +133,8 @@ def _partial_line(
     used: Mapping[int, Used],
     reason: str,
     seen: set[int],
+    *,
+    mixed: bool = False,
 ) -> Line | Rejection:
     raw_index = text(d, "blueDetailIndex")
     item = items.get(int(raw_index)) if raw_index.isdigit() else None
@@ -141,9 +149,9 @@ def _partial_line(
         return Rejection(codes.RED_INVALID, f"商品名称/编码必须与蓝票一致,{where}")
     if as_rate(text(d, "taxRate")) != item.rate:
         return Rejection(codes.RED_INVALID, f"税率必须与蓝票一致,{where}")
-    if reason == "3" and item.goods_code[0] in "12":
+    if reason == "3" and item.goods_code[0] in "12" and not mixed:
         return Rejection(codes.RED_INVALID, f"货物类商品不能以服务中止冲红,{where}")
-    if reason == "1" and item.goods_code[0] == "3":
+    if reason == "1" and item.goods_code[0] == "3" and not mixed:
         return Rejection(codes.RED_INVALID, f"服务类商品不能以销货退回冲红,{where}")
     ex, tax = as_amount(text(d, "taxExcludedAmount")), as_amount(text(d, "taxAmount"))
     if ex is None or tax is None or ex >= 0 or tax > 0:

@@ -136,6 +136,8 @@ _ECHOED_FIELDS = (
     "salerAccount",
     "invoiceDate",
     "extensionNumber",
+    "showBankAccountType",
+    "surveyAnswerType",
     "pushMode",
     "callBackUrl",
 )
@@ -181,6 +183,12 @@ def _check_header(order: Mapping[str, object]) -> tuple[str, Buyer] | Rejection:
         )
     if invoice_line in ("bs", "es") and not buyer.tax_no:
         return Rejection(codes.MALFORMED, "数电专票购方税号buyerTaxNum不能为空")
+    # requestBillingNew: "buyerTel String N … 50", "buyerAddress String N … 80", "购方地址+电话总共
+    # 不超100字符".
+    if len(buyer.address) > 80:
+        return Rejection(codes.MALFORMED, "购方地址buyerAddress不能超过80个字符")
+    if len(buyer.tel) > 50:
+        return Rejection(codes.MALFORMED, "购方电话buyerTel不能超过50个字符")
     if len(buyer.address) + len(buyer.tel) > 100:
         return Rejection(codes.MALFORMED, "购方地址和电话合计不能超过100个字符")
     if len(buyer.email) > 50:
@@ -195,6 +203,15 @@ def _check_header(order: Mapping[str, object]) -> tuple[str, Buyer] | Rejection:
     clerk = text(order, "clerk")
     if not clerk or len(clerk) > 20:
         return Rejection(codes.MALFORMED, "开票员clerk不能为空且不能超过20个字符")
+    for key, label in (("payee", "收款人"), ("checker", "复核人")):
+        if len(text(order, key)) > 20:
+            return Rejection(codes.MALFORMED, f"{label}{key}不能超过20个字符")
+    # "showBankAccountType … 不传默认为0：都不显示；传1…；传2…；传3…"
+    if text(order, "showBankAccountType") not in ("", "0", "1", "2", "3"):
+        return Rejection(codes.MALFORMED, "showBankAccountType只能为0/1/2/3")
+    # "surveyAnswerType … 对应值：1-…；2-…；3-…"
+    if text(order, "surveyAnswerType") not in ("", "1", "2", "3"):
+        return Rejection(codes.MALFORMED, "surveyAnswerType只能为1/2/3")
     if order_time(text(order, "invoiceDate")) is None:
         return Rejection(codes.MALFORMED, "订单时间invoiceDate格式必须为yyyy-MM-dd HH:mm:ss")
     if len(text(order, "remark")) > 200:

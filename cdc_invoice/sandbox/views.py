@@ -166,6 +166,7 @@ def listing_item(invoice: Invoice, status: str) -> dict[str, Any]:
         "billNo": invoice.bill_no,
         "retries": invoice.retries,
         "deliveries": invoice.deliveries,
+        "header": dict(invoice.extra),  # clerk, remark, showBankAccountType … as received
         "lines": [
             {
                 "index": ln.index,

@@ -36,7 +36,9 @@ def draft(seller: Seller, ref: str) -> InvoiceDraft:
 
 async def main(args: argparse.Namespace) -> None:
     secret = Path(args.secret_file).read_text(encoding="utf-8").strip()
-    seller = Seller(seller_id="main", tax_number=harness.SELLER_TAX_NUMBER, name="bench")
+    seller = Seller(
+        seller_id="main", tax_number=harness.SELLER_TAX_NUMBER, name="bench", clerk="张三"
+    )
     provider = NuonuoProvider(
         base_url=args.base_url,
         credentials={"main": Credentials(app_key=args.app_key, app_secret=secret)},

@@ -801,7 +801,7 @@ class ChaosRun:
 
 async def _query_platform(sb: harness.Sandbox | None, order_nos: list[str]) -> dict[str, Any]:
     assert sb is not None
-    seller = Seller(seller_id="main", tax_number=harness.SELLER_TAX_NUMBER, name="x")
+    seller = Seller(seller_id="main", tax_number=harness.SELLER_TAX_NUMBER, name="x", clerk="张三")
     provider = NuonuoProvider(
         base_url=sb.url,
         token_store=MemoryTokenStore(),

@@ -90,7 +90,7 @@ def _plant_duplicates(chaos: ChaosRun) -> None:
     draft = draft_from_json(progress["parts"][0]["draft"])
     sb = chaos.sandbox.sb
     assert sb is not None
-    seller = Seller(seller_id="main", tax_number=harness.SELLER_TAX_NUMBER, name="x")
+    seller = Seller(seller_id="main", tax_number=harness.SELLER_TAX_NUMBER, name="x", clerk="张三")
 
     async def issue_again() -> None:
         async with NuonuoProvider(

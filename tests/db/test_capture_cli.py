@@ -204,3 +204,22 @@ def test_commands_on_a_database_without_cdc_invoice_say_install_first(fresh_dsn:
     out = run("sources", "--dsn", fresh_dsn)
     assert out.exit_code == 2
     assert "fix: install cdc-invoice first" in out.output
+
+
+def test_preview_shows_the_remark_and_warns_of_a_bad_credit_code(shop_dsn: str) -> None:
+    # C001's 91330106MA2B0001XY: GB 32100-2015 gives check character N, not Y; a 普票 is still
+    # issued (warned), while the seller's remark template fills the 备注
+    with psycopg.connect(shop_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE cdc_invoice.seller SET remark_template = '订单 {order_ref}'")
+    oid = new_order(shop_dsn, [("P-TEA", "1", "268.00", "0")])
+    out = run("preview", "--dsn", shop_dsn, "--source", "shop", "--order", oid)
+    assert out.exit_code == 0, out.output
+    assert f"备注 (remark): 订单 {oid}" in out.output
+    assert "warning: buyer tax number 91330106MA2B0001XY does not look like a valid" in " ".join(
+        out.output.split()
+    )
+    data = json.loads(
+        run("preview", "--dsn", shop_dsn, "--source", "shop", "--order", oid, "--json").output
+    )
+    assert data["invoices"][0]["remark"] == f"订单 {oid}"
+    assert [w["field"] for w in data["warnings"]] == ["buyer_tax_number"]

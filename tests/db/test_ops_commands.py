@@ -470,3 +470,46 @@ def test_retry_needs_an_id_or_all(busy: str) -> None:
     for args in ([], ["1", "--all"]):
         result = cli("retry", *args, "--dsn", busy)
         assert result.exit_code == 2 and "give a REQUEST_ID or --all" in result.output
+
+
+@pytest.mark.parametrize("server_zone", ["UTC", "America/Los_Angeles"])
+def test_register_since_uses_china_dates_like_report_daily(
+    installed_dsn: str, server_zone: str
+) -> None:
+    """An invoice issued 2025-03-01 01:30 China time is on 2025-03-01 for report_daily; the
+    register export --since 2025-03-01 must list it too, whatever the server's time zone, and
+    print its time with the +08:00 offset (issue 15, item 12)."""
+    with psycopg.connect(installed_dsn, autocommit=True) as conn:
+        add_invoice(
+            conn, "2001", "25330000000000000101", datetime.fromisoformat("2025-03-01 01:30+08:00"),
+            [("0.13", "100.00", "13.00")],
+        )  # fmt: skip
+        add_invoice(
+            conn, "2002", "25330000000000000102", datetime.fromisoformat("2025-02-28 23:30+08:00"),
+            [("0.13", "50.00", "6.50")],
+        )  # fmt: skip
+        dbname = conn.info.dbname
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET TimeZone = {}").format(
+                sql.Identifier(dbname), sql.Literal(server_zone)
+            )
+        )
+    daily = list(
+        csv.DictReader(
+            io.StringIO(
+                cli(
+                    "report", "daily", "--dsn", installed_dsn, "--format", "csv",
+                    "--since", "2025-03-01",
+                ).output
+            )
+        )
+    )  # fmt: skip
+    assert [(r["day"], r["invoices"]) for r in daily] == [("2025-03-01", "1")]
+    result = cli(
+        "report", "register", "--dsn", installed_dsn, "--format", "csv", "--since", "2025-03-01"
+    )
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    assert [(r["invoice_number"], r["issued_at"]) for r in rows] == [
+        ("25330000000000000101", "2025-03-01 01:30:00+08:00")
+    ]

@@ -20,8 +20,8 @@ from cdc_invoice.db.repository import json_loads
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
-SELLER = """INSERT INTO cdc_invoice.seller (seller_id, tax_number, name)
-            VALUES ('main', '339902999999789113', '测试销方')"""
+SELLER = """INSERT INTO cdc_invoice.seller (seller_id, tax_number, name, clerk)
+            VALUES ('main', '339902999999789113', '测试销方', '张三')"""
 MAPPINGS = """INSERT INTO cdc_invoice.buyer (source, customer_ref, name) VALUES ('*', 'C1', '测试购方');
               INSERT INTO cdc_invoice.item_tax (source, item_ref, tax_code, tax_rate)
               VALUES ('*', 'ITEM', '1090511030000000000', 0.13)"""
@@ -238,7 +238,7 @@ CHINESE_SCHEMA = """
         JOIN "进销存"."销售单" h ON h."单号" = d."单号"
         JOIN "进销存"."商品" g ON g."编码" = d."商品";
     INSERT INTO "进销存"."商品" VALUES ('茶-01', '龙井茶', '250克', '盒'), ('纸-01', '复印纸', 'A4', '箱');
-    INSERT INTO cdc_invoice.seller (seller_id, tax_number, name) VALUES ('main', '339902999999789113', '航信培训企业789113');
+    INSERT INTO cdc_invoice.seller (seller_id, tax_number, name, clerk) VALUES ('main', '339902999999789113', '航信培训企业789113', '张三');
     INSERT INTO cdc_invoice.buyer (source, customer_ref, name, tax_number)
     VALUES ('进销存 主库', '客户甲', '杭州示例贸易有限公司', '91330106MA2B0001XY');
     INSERT INTO cdc_invoice.item_tax (source, item_ref, tax_code, tax_rate) VALUES

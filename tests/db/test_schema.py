@@ -70,8 +70,10 @@ def test_upgrade_to_json_documents_keeps_them_and_refreshes_capture(fresh_dsn: s
         for version, name in migrations():
             if version <= 2:
                 conn.execute(sql_file(name))
+        # Today's functions stand in for version 2's; today's report views are left out: they
+        # name columns added later (invoice.remark, 0006), and nothing here reads them.
         for name in schema.REPLACEABLE:
-            if name != "roles.sql":  # it needs installation.role_prefix (version 5)
+            if name not in ("roles.sql", "reports.sql"):  # they need later columns
                 conn.execute(sql_file(name))
         conn.execute(sql_file("examples/demo_shop.sql"))
         fn = conn.execute("SELECT capture_fn FROM cdc_invoice.source").fetchone()
@@ -306,3 +308,44 @@ def test_cli_error_points_at_the_fix(fresh_dsn: str) -> None:
     r = CliRunner().invoke(main, ["verify", "--dsn", fresh_dsn])
     assert r.exit_code == 1
     assert "run `cdc-invoice install`" in r.output
+
+
+def test_upgrade_to_5_drops_the_guessed_clerk_of_sellers_that_never_issued(fresh_dsn: str) -> None:
+    """0006: seller.clerk has no default any more ("clerk … 开票员（数电票时需要传入和开票登录账号
+    对应的开票员姓名）", requestBillingNew). A seller that issued with the old default keeps it (the
+    platform accepted it); one that never issued loses the guess and is named by the install."""
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        for version, name in migrations():
+            if version <= 4:
+                conn.execute(sql_file(name))
+        conn.execute(
+            "INSERT INTO cdc_invoice.seller (seller_id, tax_number, name) VALUES "
+            "('issued', '339902999999789113', 'a'), ('never', '339902999999789114', 'b');"
+            "INSERT INTO cdc_invoice.seller (seller_id, tax_number, name, clerk) VALUES "
+            "('named', '339902999999789115', 'c', '张三'),"
+            "('long', '339902999999789116', 'd', repeat('名', 21));"
+            "INSERT INTO cdc_invoice.request (source, order_ref, kind, state) "
+            "VALUES ('s', '1', 'issue', 'done');"
+            "INSERT INTO cdc_invoice.invoice (request_id, source, order_ref, seller_id, "
+            "invoice_number, kind, platform_serial, platform_order_no, issued_at, buyer_name, "
+            "total_excl_tax, total_tax, total_incl_tax) SELECT id, 's', '1', 'issued', "
+            "'26330000000000000001', 'blue', 'S1', 'O1', now(), 'b', 1, 0, 1 "
+            "FROM cdc_invoice.request"
+        )
+    result = schema.install(fresh_dsn)
+    assert result.applied[-1] == "migrations/0006_finance.sql"
+    assert any("seller long, never has no clerk" in note for note in result.notes), result.notes
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        clerks = conn.execute(
+            "SELECT seller_id, clerk, show_bank_account FROM cdc_invoice.seller ORDER BY 1"
+        ).fetchall()
+        assert clerks == [
+            ("issued", "开票员", "none"),
+            ("long", None, "none"),
+            ("named", "张三", "none"),
+            ("never", None, "none"),
+        ]
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("UPDATE cdc_invoice.seller SET clerk = repeat('名', 21)")
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("UPDATE cdc_invoice.seller SET show_bank_account = 'all'")

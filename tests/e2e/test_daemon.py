@@ -26,7 +26,7 @@ def wait_done(dsn: str, expected: int, timeout: float = 120.0) -> tuple[int, int
 
 async def platform_invoices(sb: harness.Sandbox, order_nos: list[str]) -> dict[str, str]:
     """Ask the platform, through the protocol, what it issued under our order numbers."""
-    seller = Seller(seller_id="main", tax_number=harness.SELLER_TAX_NUMBER, name="x")
+    seller = Seller(seller_id="main", tax_number=harness.SELLER_TAX_NUMBER, name="x", clerk="张三")
     provider = NuonuoProvider(
         base_url=sb.url,
         token_store=MemoryTokenStore(),

@@ -79,6 +79,7 @@ def test_random_orders_are_issued_by_the_independent_sandbox(
         seller.seller_id,
         harness.SELLER_TAX_NUMBER,
         seller.name,
+        clerk=seller.clerk,
         max_lines=seller.max_lines,
         max_invoice_amount=seller.max_invoice_amount,
     )

@@ -43,7 +43,9 @@ def test_healthy_before_and_after_the_daemon_fetched_a_token(
     assert code == 0, report
     checks = by_name(report)
     assert report["status"] == "ok"
-    assert list(checks) == ["database", "schema", "listen", "token main", "platform main"]
+    assert list(checks) == [
+        "database", "schema", "seller clerk", "listen", "token main", "platform main",
+    ]  # fmt: skip
     assert "primary" in checks["database"]["detail"]
     assert checks["listen"]["status"] == "ok" and checks["listen"]["seconds"] < 5
     # No token yet, and the check must not fetch one (50 per 30 days): the platform answers
@@ -136,3 +138,20 @@ def test_schema_not_installed_and_bad_config(
     code, report = health(bad)
     assert code == 1 and report["checks"][0]["name"] == "config"
     assert "daemon.concurrency" in report["checks"][0]["detail"]
+
+
+def test_a_seller_without_clerk_fails_health_with_the_update(
+    shop_dsn: str, sandbox: harness.Sandbox, tmp_path: Path
+) -> None:
+    # the clerk has no default: "clerk … 开票员（数电票时需要传入和开票登录账号对应的开票员姓名）"
+    with psycopg.connect(shop_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE cdc_invoice.seller SET clerk = NULL")
+    config = harness.write_config(tmp_path / "c.toml", dsn=shop_dsn, sandbox=sandbox)
+    code, report = health(config)
+    check = by_name(report)["seller clerk"]
+    assert code == 1 and check["status"] == "fail"
+    assert check["detail"].startswith("seller main has no clerk (开票人)")
+    assert (
+        check["fix"]
+        == "UPDATE cdc_invoice.seller SET clerk = '<开票员姓名>' WHERE seller_id = 'main';"
+    )

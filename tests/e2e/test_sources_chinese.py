@@ -42,8 +42,8 @@ SCHEMA = """
         ('甲', '杭州示例贸易有限公司', '91330106MA2B0001XY'), ('乙', '上海样板科技有限公司', NULL);
     INSERT INTO "进销存"."商品" VALUES
         ('茶-01', '龙井茶', '250克', '盒'), ('纸-01', '复印纸', 'A4 70克', '箱'), ('服-01', '安装服务', NULL, '次');
-    INSERT INTO cdc_invoice.seller (seller_id, tax_number, name)
-    VALUES ('main', '339902999999789113', '航信培训企业789113');
+    INSERT INTO cdc_invoice.seller (seller_id, tax_number, name, clerk)
+    VALUES ('main', '339902999999789113', '航信培训企业789113', '张三');
     INSERT INTO cdc_invoice.buyer (source, customer_ref, name, tax_number)
     SELECT '进销存 主库', "编号", "名称", "税号" FROM "进销存"."客户";
     INSERT INTO cdc_invoice.item_tax (source, item_ref, tax_code, tax_rate) VALUES

@@ -155,7 +155,9 @@ async def test_an_https_platform_is_reached_through_an_environment_proxy(
     monkeypatch.setenv("HTTPS_PROXY", f"http://ops:s3cret@127.0.0.1:{port}")
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    seller = Seller(seller_id="main", tax_number=harness.SELLER_TAX_NUMBER, name="proxy test")
+    seller = Seller(
+        seller_id="main", tax_number=harness.SELLER_TAX_NUMBER, name="proxy test", clerk="张三"
+    )
     provider = NuonuoProvider(
         base_url=tls_sandbox.url,
         credentials={"main": Credentials(tls_sandbox.app_key, tls_sandbox.app_secret)},

@@ -18,6 +18,7 @@ from typing import Final
 from cdc_invoice.errors import InvalidOrder, Problem
 from cdc_invoice.invoice.model import InvoiceDraft, InvoiceLine, LineProperty, Seller
 from cdc_invoice.invoice.money import div, round_quantity
+from cdc_invoice.invoice.validate import SHOW_BANK_ACCOUNT
 from cdc_invoice.providers.base import (
     InvoiceRef,
     PlatformInvoice,
@@ -66,6 +67,7 @@ LIST_PAGE_SIZE: Final = 50  # queryInvoiceList pageSize (ASSUMPTION: the sandbox
 LIST_WINDOW: Final = timedelta(days=10)
 
 MAX_QUANTITY_DECIMALS: Final = 8  # price and num (§2.7)
+SURVEY_RATES: Final = frozenset({Decimal("0.01"), Decimal("0.03")})
 _CENT: Final = Decimal("0.01")
 # Mainland mobile numbers, optionally with the country code: SMS delivery only works for these.
 _MOBILE: Final = re.compile(r"(?:\+?86[- ]?)?(1\d{10})")
@@ -205,7 +207,20 @@ def build_order(
     order.update((key, value) for key, value in seller_optional if value)
     order["orderNo"] = order_no
     order["invoiceDate"] = invoice_date.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M:%S")
-    order["clerk"] = seller.clerk
+    if not seller.clerk:
+        raise InvalidOrder(
+            [
+                Problem(
+                    "the seller has no clerk (开票人)",
+                    field="seller.clerk",
+                    fix="UPDATE cdc_invoice.seller SET clerk = '<开票员姓名>' "
+                    f"WHERE seller_id = '{seller.seller_id}';",
+                )
+            ],
+            source=draft.source,
+            order_ref=draft.order_ref,
+        )
+    order["clerk"] = seller.clerk.strip()
     tail: tuple[tuple[str, str | None], ...] = (
         ("payee", seller.payee),
         ("checker", seller.checker),
@@ -213,6 +228,12 @@ def build_order(
     order.update((key, value) for key, value in tail if value)
     order["invoiceType"] = "1"
     order["invoiceLine"] = draft.invoice_line
+    # "不传默认为0：都不显示；传1：备注仅显示销方开户行及账号；传2：…购方…；传3：购销方…都显示"
+    order["showBankAccountType"] = SHOW_BANK_ACCOUNT.get(seller.show_bank_account, "0")
+    # "3%、1%税率开具理由（企业为小规模/点下户时才需要）": sent when the seller set it and the
+    # invoice has such a line.
+    if seller.survey_answer_type and any(line.tax_rate in SURVEY_RATES for line in draft.lines):
+        order["surveyAnswerType"] = seller.survey_answer_type
     if seller.extension_number:
         order["extensionNumber"] = seller.extension_number
     if draft.remark:

@@ -14,7 +14,7 @@ from cdc_invoice.invoice.mapping import build_order
 from cdc_invoice.invoice.model import Buyer, ItemTax, Order, OrderLine, Seller
 
 D = Decimal
-SELLER = Seller("main", "339902999999789113", "航信培训企业")
+SELLER = Seller("main", "339902999999789113", "航信培训企业", clerk="张三")
 BUYER = Buyer("杭州某某贸易有限公司", tax_number="91330106MA2B0QWEF1")
 GOOD = OrderLine(
     line_no=1,
@@ -240,7 +240,25 @@ def test_buyer_address_and_phone_together_at_most_100_characters() -> None:
 
     ok = Buyer(name="杭州示例贸易有限公司", address="杭" * 80, phone="0571-77777777")
     assert buyer_problems(ok, "pc") == []
-    long = replace(ok, address="杭" * 95)
+    long = replace(ok, address="杭" * 80, phone="0" * 21)  # 80 + 21 = 101
     [problem] = buyer_problems(long, "pc")
-    assert "address and phone have 108 characters together" in problem.message
+    assert "address and phone have 101 characters together" in problem.message
     assert problem.fix and "cdc_invoice.buyer" in problem.fix
+
+
+def test_buyer_address_at_most_80_and_phone_at_most_50_each() -> None:
+    # requestBillingNew: "buyerAddress String N 杭州市 80", "buyerTel String N 0571-88888888 50"
+    from cdc_invoice.invoice.validate import buyer_problems
+
+    ok = Buyer(name="杭州示例贸易有限公司", address="杭" * 49, phone="0" * 50)
+    assert buyer_problems(ok, "pc") == []
+    [phone] = buyer_problems(replace(ok, phone="0" * 51), "pc")
+    assert (phone.field, phone.message) == (
+        "buyer_phone",
+        "the buyer's phone has 51 characters, more than the platform's 50",
+    )
+    [address] = buyer_problems(replace(ok, address="杭" * 81, phone=None), "pc")
+    assert (address.field, address.message) == (
+        "buyer_address",
+        "the buyer's address has 81 characters, more than the platform's 80",
+    )

@@ -12,7 +12,7 @@ from cdc_invoice.invoice.mapping import build_order, document_refs, sql_literal
 from cdc_invoice.invoice.model import Buyer, ItemTax, Seller
 
 D = Decimal
-SELLER = Seller("main", "339902999999789113", "航信培训企业")
+SELLER = Seller("main", "339902999999789113", "航信培训企业", clerk="张三")
 BUYERS = {"C1": Buyer("杭州某某", tax_number="91330106MA2B0QWEF1", email="a@b.cn")}
 ITEMS = {"PC": ItemTax("PC", "1090511030000000000", D("0.13"), short_name="计算机")}
 

@@ -14,7 +14,7 @@ from cdc_invoice.invoice.model import Buyer, InvoiceLine, LineProperty, Order, O
 from cdc_invoice.invoice.reversal import RedRequestLine, red_lines
 
 D = Decimal
-SELLER = Seller("main", "339902999999789113", "航信培训企业")
+SELLER = Seller("main", "339902999999789113", "航信培训企业", clerk="张三")
 GOODS, SERVICE = "1090511030000000000", "3049900000000000000"
 
 
@@ -94,10 +94,66 @@ def test_full_reversal_after_a_partial_reverses_what_remains() -> None:
     assert total == -sum(x.amount_incl_tax for x in goods)
 
 
-def test_allowance_then_return_keeps_within_the_remaining_amount() -> None:
+def test_sales_return_after_an_allowance_keeps_the_blue_unit_price() -> None:
+    """“红冲原因”为“销货退回”时，只允许修改数量，不允许修改单价 (乐企 V4.000).
+
+    Blue line 1: 2 × 3099.00 incl. tax = 6198.00; an allowance of 198.00 leaves 6000.00. One unit
+    returned is 1 × 3099.00 = 3099.00 (not 6000.00 / 2 = 3000.00 a unit, which changes the price).
+    """
     allowance = red_lines(BLUE, [RedRequestLine(1, amount=D("198.00"))], "4")
-    (ret,) = red_lines(BLUE, [RedRequestLine(1, quantity=D(2))], "1", allowance)
-    assert (ret.amount_incl_tax, ret.quantity, ret.unit_price) == (D("-6000.00"), D(-2), D(3000))
+    (ret,) = red_lines(BLUE, [RedRequestLine(1, quantity=D(1))], "1", allowance)
+    assert (ret.amount_incl_tax, ret.quantity, ret.unit_price) == (D("-3099.00"), D(-1), D(3099))
+    # 3099.00 / 1.13 = 2742.4779 → 2742.48 excl., 356.52 tax
+    assert (ret.amount_excl_tax, ret.tax) == (D("-2742.48"), D("-356.52"))
+
+
+def test_returning_more_than_an_allowance_left_is_refused_with_the_settlement() -> None:
+    # 2 × 3099.00 = 6198.00 > the 6000.00 left: at most 1 unit (3099.00) can be returned at the
+    # blue price, and 6000.00 − 3099.00 = 2901.00 is settled by amount (销售折让).
+    allowance = red_lines(BLUE, [RedRequestLine(1, amount=D("198.00"))], "4")
+    with pytest.raises(InvalidOrder) as err:
+        red_lines(BLUE, [RedRequestLine(1, quantity=D(2))], "1", allowance)
+    [problem] = err.value.problems
+    assert "cannot return 2 at the blue unit price 3099 (6198.00)" in problem.message
+    assert "left 6000.00" in problem.message and "不允许修改单价" in problem.message
+    assert problem.fix == (
+        "return at most 1 (at 3099) with sales_return, and reverse the remaining 2901.00 "
+        "with sales_allowance (销售折让, by amount)"
+    )
+    with pytest.raises(InvalidOrder, match="cannot return 2 at the blue unit price"):
+        red_lines(BLUE[:3], None, "1", allowance)  # a full return would reprice too
+
+
+def test_a_return_that_rounds_to_nothing_is_refused() -> None:
+    # 0.000001 × 3099 = 0.003099 → 0.00: the platform needs a red amount
+    with pytest.raises(InvalidOrder, match=r"quantity 0.000001 comes to 0.00"):
+        red_lines(BLUE, [RedRequestLine(1, quantity=D("0.000001"))], "1")
+
+
+def test_mixed_goods_and_services_waive_the_reason_rule() -> None:
+    """兼营销售则不对红字原因进行控制: BLUE has goods (1…) and a service (3…)."""
+    assert red_lines(BLUE, [RedRequestLine(1, quantity=D(1))], "3")[0].quantity == D(-1)
+    assert red_lines(BLUE, [RedRequestLine(4, quantity=D(1))], "1")[0].quantity == D(-1)
+    assert len(red_lines(BLUE, None, "1")) == 3
+
+
+@pytest.mark.parametrize(
+    ("blue", "requested", "reason", "fragment"),
+    [
+        (BLUE[:3], [RedRequestLine(1, quantity=D(1))], "3", "cannot use 服务中止"),
+        (BLUE[3:], [RedRequestLine(4, quantity=D(1))], "1", "cannot use 销货退回"),
+        (BLUE[3:], None, "1", "cannot use 销货退回"),
+    ],
+)
+def test_reason_rule_for_goods_only_or_services_only(
+    blue: tuple[InvoiceLine, ...],
+    requested: list[RedRequestLine] | None,
+    reason: str,
+    fragment: str,
+) -> None:
+    with pytest.raises(InvalidOrder) as err:
+        red_lines(blue, requested, reason)
+    assert any(fragment in p.message for p in err.value.problems), err.value.problems
 
 
 @settings(max_examples=60, deadline=None)
@@ -161,9 +217,6 @@ def test_pieces_never_exceed_and_finally_equal_the_blue_line(
         ([RedRequestLine(1, quantity=D(1), amount=D(10))], "1", None, "needs a quantity only"),
         ([RedRequestLine(1, quantity=D(1))], "4", None, "needs an amount only"),
         ([RedRequestLine(4, quantity=D(1), amount=D(10))], "3", None, "a quantity or an amount"),
-        ([RedRequestLine(1, quantity=D(1))], "3", None, "cannot use 服务中止"),
-        ([RedRequestLine(4, quantity=D(1))], "1", None, "cannot use 销货退回"),
-        (None, "1", None, "cannot use 销货退回"),
         ([RedRequestLine(3, quantity=D(1))], "1", None, "blue line 3 is not a reversible line"),
         ([RedRequestLine(9, quantity=D(1))], "1", None, "blue line 9 is not a reversible line"),
         (

@@ -36,6 +36,7 @@ EXPECTED_SPECIAL_ORDER: dict[str, Any] = {
         "payee": "李四",
         "invoiceType": "1",
         "invoiceLine": "bs",
+        "showBankAccountType": "0",
         "extensionNumber": "8889",
         "remark": "合同号 HT-2025-001",
         "invoiceDetail": [

@@ -6,7 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sandbox_orders import COMPUTER, SELLER, discount_pair, order
+from sandbox_orders import COMPUTER, SELLER, discount_pair, line, order
 
 from cdc_invoice.sandbox.model import AcceptedOrder, Line, RedSlip, Rejection
 from cdc_invoice.sandbox.redrules import blue_items, full_reversal, partial_reversal, used_by
@@ -113,3 +113,23 @@ def test_allowance_is_amount_only_and_capped_by_the_line() -> None:
     too_much = returned(num="", taxExcludedPrice="", ex="-5500.00", tax="-715.00")
     result = partial_reversal([too_much], items, {}, "4")
     assert isinstance(result, Rejection) and result.code == "E9103"
+
+
+def test_mixed_goods_and_services_waive_the_reason_rule() -> None:
+    """兼营销售则不对红字原因进行控制 (乐企 基础版 V4.000): a goods line of an invoice that also
+    has a service may be reversed for 服务中止, and the service line for 销货退回."""
+    service = line(
+        goodsName="咨询服务", goodsCode="3049900000000000000", taxRate="0.06", price="100",
+        num="10", taxIncludedAmount="1000.00", taxExcludedAmount="943.40", tax="56.60",
+    )  # fmt: skip
+    items = blue_items(blue([line(), service]))
+    assert isinstance(partial_reversal([returned()], items, {}, "3"), list)
+    back = {
+        "blueDetailIndex": "2", "goodsName": "咨询服务", "goodsCode": "3049900000000000000",
+        "num": "-1", "taxExcludedPrice": "94.34", "taxExcludedAmount": "-94.34",
+        "taxAmount": "-5.66", "taxRate": "0.06",
+    }  # fmt: skip
+    assert isinstance(partial_reversal([back], items, {}, "1"), list)
+    goods_only = blue_items(blue([line()]))
+    refused = partial_reversal([returned()], goods_only, {}, "3")
+    assert isinstance(refused, Rejection) and "服务中止" in refused.describe

@@ -178,3 +178,33 @@ def test_numbers_may_be_json_numbers_without_float_loss() -> None:
         order(lines=[line(price=Decimal("3099"), num=2, taxIncludedAmount=Decimal("6198.00"))])
     )
     assert isinstance(result, AcceptedOrder)
+
+
+@pytest.mark.parametrize(
+    ("fields", "describe"),
+    [
+        # requestBillingNew: "buyerAddress String N 杭州市 80", "buyerTel String N … 50"
+        ({"buyerAddress": "杭" * 81}, "购方地址buyerAddress不能超过80个字符"),
+        ({"buyerTel": "0" * 51}, "购方电话buyerTel不能超过50个字符"),
+        ({"buyerAddress": "杭" * 60, "buyerTel": "0" * 41}, "购方地址和电话合计不能超过100个字符"),
+        ({"payee": "名" * 21}, "收款人payee不能超过20个字符"),
+        ({"checker": "名" * 21}, "复核人checker不能超过20个字符"),
+        ({"showBankAccountType": "4"}, "showBankAccountType只能为0/1/2/3"),
+        ({"surveyAnswerType": "0"}, "surveyAnswerType只能为1/2/3"),
+    ],
+)
+def test_finance_header_fields_are_checked_as_documented(
+    fields: dict[str, str], describe: str
+) -> None:
+    result = check(order(**fields))
+    assert isinstance(result, Rejection) and result.describe == describe
+
+
+def test_finance_header_fields_within_the_limits_are_accepted_and_kept() -> None:
+    body = order(
+        buyerAddress="杭" * 80, buyerTel="0" * 20, payee="名" * 20, checker="名" * 20,
+        showBankAccountType="3", surveyAnswerType="1", remark="备" * 200,
+    )  # fmt: skip
+    result = check(body)
+    assert isinstance(result, AcceptedOrder)
+    assert (result.extra["showBankAccountType"], result.extra["surveyAnswerType"]) == ("3", "1")
