@@ -2,6 +2,7 @@
 --   cdc_invoice_daemon    what the daemon needs and no more (no access to inventory tables)
 --   cdc_invoice_operator  the request_* / retry functions, plus reading
 --   cdc_invoice_reader    the report views
+-- The invoice-file archive's tables are granted in archive.sql (applied after this file).
 -- On managed services the installer may lack CREATEROLE: then the roles are skipped with a
 -- NOTICE and the DBA creates them (same names) before running install again.
 DO $$

@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 from cdc_invoice.db.queries import latest_version, migrations, q, sql_file
 from cdc_invoice.errors import SchemaNotInstalled, SchemaVersionMismatch
 
-REPLACEABLE = ("api.sql", "ops.sql", "lifecycle.sql", "roles.sql", "reports.sql")
+REPLACEABLE = ("api.sql", "ops.sql", "lifecycle.sql", "roles.sql", "archive.sql", "reports.sql")
 
 
 def install_script() -> str:

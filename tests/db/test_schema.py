@@ -69,7 +69,8 @@ def test_upgrade_to_json_documents_keeps_them_and_refreshes_capture(fresh_dsn: s
             if version <= 2:
                 conn.execute(sql_file(name))
         for name in schema.REPLACEABLE:
-            conn.execute(sql_file(name))
+            if name != "archive.sql":  # its tables come with version 5
+                conn.execute(sql_file(name))
         conn.execute(sql_file("examples/demo_shop.sql"))
         fn = conn.execute("SELECT capture_fn FROM cdc_invoice.source").fetchone()
         assert fn is not None
