@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -17,8 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cdc_invoice import demo, harness
 from cdc_invoice.archive import check
@@ -161,13 +164,45 @@ def test_issued_invoices_are_archived_verified_and_exported(
     assert altered["file_name"] == "" and not (tmp_path / "again" / f"{tampered}.pdf").exists()
 
 
+def archive_metrics(daemon: harness.Proc) -> dict[str, float]:
+    deadline = time.monotonic() + 30
+    while not (m := re.search(r"metrics at (http://\S+)/metrics", daemon.output())):
+        assert time.monotonic() < deadline, daemon.output()[-3000:]
+        time.sleep(0.05)
+    out = {}
+    for family in text_string_to_metric_families(httpx.get(m.group(1) + "/metrics").text):
+        for sample in family.samples:
+            if sample.name == "cdc_invoice_archive_files":
+                out[sample.labels["state"]] = sample.value
+            elif sample.name.startswith("cdc_invoice_archive_"):
+                out[sample.name] = sample.value
+    return out
+
+
 def test_a_directory_archive_and_bad_input(
     shop_dsn: str, sandbox: harness.Sandbox, start_daemon: StartDaemon, tmp_path: Path
 ) -> None:
     store = tmp_path / "archive"
-    daemon = start_daemon(shop_dsn, sandbox, result_poll_seconds=0.1, archive_dir=str(store))
+    daemon = start_daemon(
+        shop_dsn,
+        sandbox,
+        result_poll_seconds=0.1,
+        archive_dir=str(store),
+        metrics_listen="127.0.0.1:0",
+    )
     demo.ship_orders(shop_dsn, 1, connections=1)
     wait_files(shop_dsn, 3, daemon)
+    time.sleep(5.5)  # the database figures are cached for 5 s
+    assert archive_metrics(daemon) == {
+        "pending": 0,
+        "failed": 0,
+        "verified": 3,
+        "mismatched": 0,
+        "cdc_invoice_archive_stored_total": 3,
+        "cdc_invoice_archive_mismatches_total": 0,
+        "cdc_invoice_archive_retries_total": 0,
+        "cdc_invoice_archive_failures_total": 0,
+    }
     kept = {p.suffix: p for p in store.rglob("*") if p.is_file()}
     assert sorted(kept) == [".ofd", ".pdf", ".xml"]
     with psycopg.connect(shop_dsn) as conn:
