@@ -3,7 +3,8 @@
 Install is one transaction under an advisory lock:
   fresh database  -> schema.sql                      (tables of the current version)
   older version   -> migrations/NNNN_*.sql > version (forward-only)
-  then always     -> api.sql, roles.sql, reports.sql (CREATE OR REPLACE: functions, roles, views)
+  then always     -> REPLACEABLE: api.sql … archive.sql, reports.sql (CREATE OR REPLACE: functions,
+                     roles, triggers, views)
 """
 
 from __future__ import annotations
