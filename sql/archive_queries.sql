@@ -3,11 +3,18 @@
 
 -- name: archive_claim
 -- Due fetches, taken with a lease (run_after moves forward; a dead archiver's rows come back)
--- and counted at the claim, so even a fetch that crashes the process is bounded.
-WITH due AS (
+-- and counted at the claim: a fetch whose last allowed attempt never reported back (the
+-- process died, or lost the database, each time) ends as failed instead of looping.
+WITH spent AS (
+    UPDATE cdc_invoice.invoice_file_fetch
+       SET state = 'failed', claimed_by = NULL, updated_at = now(),
+           last_error = coalesce(last_error || '; then ', '')
+                        || 'the archiver stopped during the last attempt (crash or lost database)'
+     WHERE state = 'pending' AND run_after <= now() AND attempts >= %(max_attempts)s
+), due AS (
     SELECT invoice_id, kind
       FROM cdc_invoice.invoice_file_fetch
-     WHERE state = 'pending' AND run_after <= now()
+     WHERE state = 'pending' AND run_after <= now() AND attempts < %(max_attempts)s
      ORDER BY run_after
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED

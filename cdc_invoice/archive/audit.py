@@ -151,12 +151,9 @@ def _not_kept(
         cur.execute(q("archive_not_kept", QUERIES), {"month": month})
         rows = cur.fetchall()
     for r in rows:
-        r["integrity"] = "not archived: " + r["fetch_state"]
-        if r["last_error"]:
-            r["integrity"] += f" ({r['last_error']})"
-        report.findings.append(
-            Finding(r["invoice_number"], "xml", "not archived", r["integrity"][14:])
-        )
+        why = r["fetch_state"] + (f" ({r['last_error']})" if r["last_error"] else "")
+        r["integrity"] = f"not archived: {why}"
+        report.findings.append(Finding(r["invoice_number"], "xml", "not archived", why))
     return rows
 
 

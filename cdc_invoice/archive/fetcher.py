@@ -110,6 +110,7 @@ class Archiver:
                     "limit": self.batch,
                     "daemon_id": self.repo.daemon_id,
                     "lease_seconds": self.lease_seconds,
+                    "max_attempts": self.max_attempts,
                 },
             )
             cols = [c.name for c in cur.description or ()]
@@ -135,7 +136,7 @@ class Archiver:
             return
         try:
             await self._store(job, kept, problems)
-        except _Superseded:
+        except Superseded:
             # Our lease ran out and another archiver took the fetch over: it finishes it.
             log.info("archive: the %s of %s was taken over", job["kind"], job["invoice_number"])
         except DatabaseUnavailable as exc:
@@ -154,7 +155,7 @@ class Archiver:
         async with self._db, self.repo.connection() as conn, conn.transaction():
             done = await (await conn.execute(q("archive_done", QUERIES), fence)).fetchone()
             if done is None:
-                raise _Superseded  # rolls back: nothing of ours is written
+                raise Superseded  # rolls back: nothing of ours is written
             row = await (
                 await conn.execute(
                     q("archive_store", QUERIES),
@@ -261,7 +262,7 @@ class Archiver:
             )
 
 
-class _Superseded(Exception):
+class Superseded(Exception):
     """The fetch's claim is no longer ours (lease expired, taken over)."""
 
 

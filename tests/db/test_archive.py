@@ -20,8 +20,8 @@ import psycopg
 import pytest
 from aiohttp import web
 
-from cdc_invoice.archive import audit, check
-from cdc_invoice.archive.fetcher import Archiver
+from cdc_invoice.archive import audit, check, keep
+from cdc_invoice.archive.fetcher import Archiver, Superseded
 from cdc_invoice.db.repository import Repository
 from cdc_invoice.sandbox import files
 from cdc_invoice.sandbox.model import Buyer, Invoice, Line
@@ -340,3 +340,106 @@ def test_check_refuses_an_xml_with_entities() -> None:
     bomb = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><EInvoice>&a;</EInvoice>'
     with pytest.raises(check.BadFile, match="DTD"):
         check.parse_xml(bomb)
+
+
+def test_a_dead_archivers_fetch_is_taken_over_once_and_its_late_store_refused(
+    shop_dsn: str, platform: Platform
+) -> None:
+    """SIGKILL between download and store looks like this: the claim is left behind."""
+    record_invoice(shop_dsn, platform.url)
+    platform.routes = good_files(shop_dsn)
+
+    async def scenario() -> tuple[int, int]:
+        dead_repo = await Repository.open(shop_dsn, "dead", 1)
+        dead = Archiver(dead_repo, max_attempts=3)
+        dead.lease_seconds = 0.3
+        jobs = await dead._claim()
+        assert len(jobs) == 3
+        await asyncio.sleep(0.4)  # the lease runs out; the live archiver takes over
+        await archive_until(shop_dsn, platform, count(3))
+        body = platform.routes[f"{NUMBER}.xml"][1]
+        # The dead one comes back (a paused VM) and tries to finish: the fence refuses it.
+        with pytest.raises(Superseded):
+            await dead._store(jobs[0], keep.in_database(body), [])
+        await dead_repo.close()
+        with psycopg.connect(shop_dsn) as conn:
+            files_n = conn.execute("SELECT count(*) FROM cdc_invoice.invoice_file").fetchone()
+            attempts = conn.execute(
+                "SELECT max(attempts) FROM cdc_invoice.invoice_file_fetch"
+            ).fetchone()
+        assert files_n is not None and attempts is not None
+        return int(files_n[0]), int(attempts[0])
+
+    assert asyncio.run(scenario()) == (3, 2)
+
+
+def test_a_fetch_that_never_reports_back_ends_as_failed(shop_dsn: str, platform: Platform) -> None:
+    record_invoice(shop_dsn, platform.url)
+    with psycopg.connect(shop_dsn, autocommit=True) as conn:
+        # Its last allowed attempt was claimed and the archiver died (lease over).
+        conn.execute(
+            "UPDATE cdc_invoice.invoice_file_fetch SET attempts = 3, claimed_by = 'dead', "
+            "run_after = now() - interval '1 second', last_error = 'HTTP 503' WHERE kind = 'pdf'"
+        )
+    platform.routes = good_files(shop_dsn)
+    asyncio.run(archive_until(shop_dsn, platform, count(2), max_attempts=3))
+    with psycopg.connect(shop_dsn) as conn:
+        assert conn.execute(
+            "SELECT kind, state, attempts, last_error FROM cdc_invoice.report_archive_open"
+        ).fetchall() == [
+            (
+                "pdf",
+                "failed",
+                3,
+                "HTTP 503; then the archiver stopped during the last attempt "
+                "(crash or lost database)",
+            )
+        ]
+    assert f"{NUMBER}.pdf" not in platform.hits
+
+
+def test_roles_reader_reads_and_verifies_operator_retries_daemon_archives(
+    shop_dsn: str, platform: Platform
+) -> None:
+    import uuid
+
+    from psycopg import sql
+
+    def login(group: str) -> str:
+        name = f"t_{group.split('_')[-1]}_{uuid.uuid4().hex[:6]}"
+        with psycopg.connect(shop_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(
+                    sql.Identifier(name), sql.Identifier(group)
+                )
+            )
+        return psycopg.conninfo.make_conninfo(shop_dsn, user=name)
+
+    record_invoice(shop_dsn, platform.url)
+    platform.routes = good_files(shop_dsn)
+    platform.routes[f"{NUMBER}.ofd"] = (500, b"")
+    # The daemon's role is enough for the archiver (claim, store, events, give up).
+    asyncio.run(
+        archive_until(
+            login("cdc_invoice_daemon"),
+            platform,
+            lambda c: (
+                c.execute(
+                    "SELECT count(*) FROM cdc_invoice.invoice_file_fetch WHERE state = 'pending'"
+                ).fetchone()
+                == (0,)
+            ),
+            max_attempts=1,
+        )
+    )
+    reader = login("cdc_invoice_reader")
+    assert audit.verify(reader).checked == 2
+    with psycopg.connect(reader, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM cdc_invoice.invoice_file WHERE bytes IS NOT NULL"
+        ).fetchone() == (2,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("UPDATE cdc_invoice.invoice_file_fetch SET state = 'pending'")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        audit.retry(reader, None)
+    assert audit.retry(login("cdc_invoice_operator"), None) == 1
