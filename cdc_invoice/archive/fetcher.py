@@ -1,8 +1,8 @@
 """The daemon's archiver: fetches recorded invoices' files into the archive, off the hot path.
 
 Its own task in the daemon (runner.py), its own queue (cdc_invoice.invoice_file_fetch, filled by
-a trigger when an invoice is recorded) and one database connection at a time, so issuing never
-waits for it. A file that cannot be fetched, or is not what it claims (an HTML error page for a
+a trigger when an invoice is recorded) and its own database connection, so issuing never waits
+for it. A file that cannot be fetched, or is not what it claims (an HTML error page for a
 PDF), is tried again after a backoff and listed as failed after ``max_attempts``; the invoice is
 never touched. An XML that differs from the record is kept as fetched, with an alert (event
 ``archive.mismatch``, metric, view report_archive_mismatches) — never a silent overwrite.
@@ -69,7 +69,7 @@ class Archiver:
         # A claim must outlive the download it protects (connect + read, plus the write).
         self.lease_seconds = 3 * timeout + 30
         self.stats = Stats()
-        self._db = asyncio.Semaphore(1)  # one pooled connection at most: the issuer comes first
+        self._db = asyncio.Semaphore(1)  # one connection at a time (runner gives it a pool of 1)
 
     async def run_forever(self) -> None:
         """``run``, restarted after a bug: the archive must never stop the daemon issuing."""

@@ -117,9 +117,11 @@ async def run(
         lease_seconds=d.lease_seconds,
         on_cycle=monitor.on_cycle,
     )
+    # The archiver has a pool (one connection) of its own: it never takes one from issuing.
+    archive_repo = await Repository.open(dsn, daemon_id, 1) if d.archive_files else None
     archiver = (
         Archiver(
-            repo,
+            archive_repo,
             directory=d.archive_dir,
             max_attempts=d.archive_max_attempts,
             retry_seconds=d.archive_retry_seconds,
@@ -127,7 +129,7 @@ async def run(
             timeout=config.provider.timeout_seconds,
             verify=config.provider.ca_file or True,
         )
-        if d.archive_files
+        if archive_repo is not None
         else None
     )
     snapshot = metrics.DbSnapshot(repo)
@@ -168,6 +170,8 @@ async def run(
     except BaseException:
         await provider.aclose()
         await repo.close()
+        if archive_repo is not None:
+            await archive_repo.close()
         raise
 
     current = config
@@ -280,6 +284,8 @@ async def run(
         await repo.daemon_stopped()
     await provider.aclose()
     await repo.close()
+    if archive_repo is not None:
+        await archive_repo.close()
     notifier.close()
     s = issuer.stats
     log.info(

@@ -10,7 +10,7 @@ Test endpoints (not part of the platform; no auth — bind the sandbox to localh
   GET|POST /_sandbox/config                             runtime knobs (options.RuntimeConfig)
   GET  /_sandbox/stats                                  calls by method / code, faults injected
   POST /_sandbox/clock {"advance_seconds": N}           move the sandbox clock forward
-  GET  /_sandbox/files/{serial}.{pdf|ofd|xml|jpg}       stand-ins for the invoice files
+  GET  /_sandbox/files/{serial}.{pdf|ofd|xml|jpg}       the invoice files (files.py)
   GET  /_sandbox/health
 """
 
