@@ -13,6 +13,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cdc_invoice.errors import ConfigError
+
 
 @dataclass(frozen=True, slots=True)
 class Kept:
@@ -24,6 +26,21 @@ class Kept:
 
 def digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
+
+
+def check_directory(directory: str) -> None:
+    """At start: the archive directory exists (or can be made) and the daemon may write there."""
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(
+            f"daemon.archive_dir {directory}: cannot write there: {exc.strerror}",
+            hint="create it, owned by the daemon's user (e.g. StateDirectory= in the unit), "
+            "or leave archive_dir empty to keep the files in the database",
+        ) from exc
 
 
 def in_database(body: bytes) -> Kept:

@@ -24,6 +24,7 @@ from prometheus_client import (
 
 from cdc_invoice import __version__
 from cdc_invoice import config as cfg
+from cdc_invoice.archive import keep
 from cdc_invoice.archive.fetcher import Archiver
 from cdc_invoice.config import Config, read_secret_file
 from cdc_invoice.daemon import callback, health, metrics, systemd
@@ -117,6 +118,12 @@ async def run(
         lease_seconds=d.lease_seconds,
         on_cycle=monitor.on_cycle,
     )
+    if d.archive_files and d.archive_dir:
+        try:
+            keep.check_directory(d.archive_dir)
+        except ConfigError:
+            await repo.close()
+            raise
     # The archiver has a pool (one connection) of its own: it never takes one from issuing.
     archive_repo = await Repository.open(dsn, daemon_id, 1) if d.archive_files else None
     archiver = (

@@ -237,3 +237,19 @@ def test_archiving_can_be_switched_off(
         ).fetchall() == [("pending", 3)]
         rows: Any = conn.execute("SELECT count(*) FROM cdc_invoice.invoice_file").fetchone()
         assert rows == (0,)
+
+
+def test_an_archive_dir_it_cannot_write_stops_the_daemon_at_start_with_the_fix(
+    shop_dsn: str, sandbox: harness.Sandbox, start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    daemon = start_daemon(shop_dsn, sandbox, archive_dir=str(blocker / "archive"))
+    deadline = time.monotonic() + 30
+    while daemon.alive():
+        assert time.monotonic() < deadline, daemon.output()[-2000:]
+        time.sleep(0.1)
+    assert daemon.popen.returncode == 2
+    out = daemon.output()
+    assert "daemon.archive_dir" in out and "cannot write there" in out
+    assert "leave archive_dir empty" in out
