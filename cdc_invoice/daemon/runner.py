@@ -122,6 +122,7 @@ async def run(
         try:
             keep.check_directory(d.archive_dir)
         except ConfigError:
+            await provider.aclose()
             await repo.close()
             raise
     # The archiver has a pool (one connection) of its own: it never takes one from issuing.
