@@ -6,7 +6,7 @@ CREATE OR REPLACE FUNCTION cdc_invoice.invoice_file_append_only() RETURNS trigge
 LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'cdc_invoice.invoice_file is append-only (% refused)', TG_OP
-        USING ERRCODE = 'CI020',
+        USING ERRCODE = 'CI006',
               HINT = 'archived invoice files are never changed; a file that fails '
                      '`cdc-invoice archive verify` is restored from a backup or an export';
 END $$;

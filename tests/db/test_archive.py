@@ -217,7 +217,7 @@ def test_files_are_fetched_checked_and_kept_append_only(shop_dsn: str, platform:
         ):
             with pytest.raises(psycopg.Error) as exc:
                 conn.execute(statement)
-            assert exc.value.sqlstate == "CI020"
+            assert exc.value.sqlstate == "CI006"
             assert "append-only" in str(exc.value) and exc.value.diag.message_hint
     assert platform.hits == {f"{NUMBER}.{k}": 1 for k in ("xml", "pdf", "ofd")}
     assert not audit.verify(shop_dsn).failed
