@@ -168,7 +168,7 @@ def test_every_statement_of_the_finance_guide_works(shop_dsn: str, tmp_path: Pat
             "'order ''1003'': item P-NEW has no tax mapping', 'MAPPING', "
             "'INSERT INTO cdc_invoice.item_tax …')"
         )
-        # The first invoice's XML in the archive, as the daemon keeps it (tests/db/test_archive.py).
+        # The first invoice's XML in the archive, as the daemon keeps it (tests/db/test_archive_fetch.py).
         xml = (
             b"<EInvoice><EInvoiceData><SellerInformation><SellerIdNum>339902999999789113"
             b"</SellerIdNum></SellerInformation><BasicInformation><TotalAmWithoutTax>150.00"
