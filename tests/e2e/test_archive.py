@@ -120,6 +120,8 @@ def test_issued_invoices_are_archived_verified_and_exported(
         "verified": 12,
         "mismatched": 0,
     }
+    text = cli(shop_dsn, "status")
+    assert "Invoice files: 12 verified, 0 pending, 0 failed\n" in text.stdout, text.stderr
     ok = cli(shop_dsn, "archive", "verify")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "12 file(s) checked: 12 intact, 0 missing, 0 altered" in ok.stdout
