@@ -9,6 +9,9 @@ import click
 
 from cdc_invoice.commands.common import dsn_option
 
+# Invoices without their XML are listed up to this many (a fresh upgrade may have thousands).
+LISTED = 20
+
 
 @click.group()
 def archive() -> None:
@@ -23,10 +26,15 @@ def _print(report: object, *, quiet_ok: bool = False) -> None:
     from cdc_invoice.archive.audit import Report
 
     assert isinstance(report, Report)
-    for f in report.findings:
-        click.echo(f"{f.problem}: invoice {f.invoice_number} {f.file_kind}: {f.detail}")
-    bad = report.of("missing", "altered", "record differs")
     pending = report.of("not archived")
+    for f in [f for f in report.findings if f.problem != "not archived"] + pending[:LISTED]:
+        click.echo(f"{f.problem}: invoice {f.invoice_number} {f.file_kind}: {f.detail}")
+    if len(pending) > LISTED:
+        click.echo(
+            f"… and {len(pending) - LISTED} more without an archived XML "
+            "(all of them: cdc-invoice report archive_missing_xml)"
+        )
+    bad = report.of("missing", "altered", "record differs")
     mismatched = report.of("mismatch since fetch")
     click.echo(
         f"{report.checked} file(s) checked: {report.checked - len(bad)} intact, "

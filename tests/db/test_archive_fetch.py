@@ -443,3 +443,18 @@ def test_roles_reader_reads_and_verifies_operator_retries_daemon_archives(
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         audit.retry(reader, None)
     assert audit.retry(login("cdc_invoice_operator"), None) == 1
+
+
+def test_verify_lists_invoices_without_xml_up_to_twenty(shop_dsn: str) -> None:
+    from click.testing import CliRunner
+
+    from cdc_invoice.cli import main
+
+    for n in range(25):
+        record_invoice(shop_dsn, "http://127.0.0.1:9", number=f"2633000000000000{n:04d}")
+    result = CliRunner().invoke(main, ["archive", "verify", "--dsn", shop_dsn])
+    assert result.exit_code == 0, result.output  # still being fetched: not an integrity failure
+    lines = result.output.splitlines()
+    assert sum(line.startswith("not archived: invoice ") for line in lines) == 20
+    assert "… and 5 more without an archived XML" in result.output
+    assert "0 file(s) checked" in lines[-1] and "25 invoice(s) without an archived XML" in lines[-1]
