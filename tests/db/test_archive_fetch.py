@@ -458,3 +458,32 @@ def test_verify_lists_invoices_without_xml_up_to_twenty(shop_dsn: str) -> None:
     assert sum(line.startswith("not archived: invoice ") for line in lines) == 20
     assert "… and 5 more without an archived XML" in result.output
     assert "0 file(s) checked" in lines[-1] and "25 invoice(s) without an archived XML" in lines[-1]
+
+
+def test_upgrade_queues_the_files_of_invoices_recorded_before(fresh_dsn: str) -> None:
+    from cdc_invoice.db import schema
+    from cdc_invoice.db.queries import migrations, sql_file
+
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        for version, name in migrations():
+            if version <= 4:
+                conn.execute(sql_file(name))
+        for name in schema.REPLACEABLE:
+            if name != "archive.sql":  # version 4 had no archive
+                conn.execute(sql_file(name))
+        conn.execute(sql_file("examples/demo_shop.sql"))
+    record_invoice(fresh_dsn, "https://platform.invalid/files")
+    with psycopg.connect(fresh_dsn) as conn:
+        assert conn.execute("SELECT to_regclass('cdc_invoice.invoice_file_fetch')").fetchone() == (
+            None,
+        )
+    result = schema.install(fresh_dsn)
+    assert result.before == 4 and result.applied == ["migrations/0005_invoice_files.sql"]
+    with psycopg.connect(fresh_dsn) as conn:
+        assert conn.execute(
+            "SELECT kind, state, source_url FROM cdc_invoice.invoice_file_fetch ORDER BY kind"
+        ).fetchall() == [
+            ("ofd", "pending", f"https://platform.invalid/files/{NUMBER}.ofd"),
+            ("pdf", "pending", f"https://platform.invalid/files/{NUMBER}.pdf"),
+            ("xml", "pending", f"https://platform.invalid/files/{NUMBER}.xml"),
+        ]
