@@ -101,7 +101,8 @@ def main(ctx: click.Context, verbose: int, log_format: str | None) -> None:
     DBA:      install, sql, verify, uninstall, attach, detach, sources, preview, backfill
     Operator: run (the daemon), systemd-unit, health, status, failures, retry, reconcile,
               config-reference, loadtest
-    Finance:  report (or SQL: cdc_invoice.report_* views, cdc_invoice.request_reversal(...))
+    Finance:  report (or SQL: cdc_invoice.report_* views, cdc_invoice.request_reversal(...)),
+              archive (the invoice files: verify, export a month)
     Try it:   demo (embedded PostgreSQL + sandbox platform), sandbox
     """
     ctx.ensure_object(dict)
@@ -133,9 +134,9 @@ def demo(dsn: str, orders: int, keep: bool) -> None:
 
 
 def _register() -> None:
-    from cdc_invoice.commands import admin, operate, ops, sources
+    from cdc_invoice.commands import admin, archive, operate, ops, sources
 
-    for module in (admin, operate, ops, sources):
+    for module in (admin, operate, ops, sources, archive):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -109,6 +109,20 @@ class DaemonConfig:
     log_level: str = field(
         default="", metadata={"doc": "warning, info or debug; empty = from -v (SIGHUP reloads)"}
     )
+    archive_files: bool = field(
+        default=True,
+        metadata={"doc": "fetch each invoice's XML/PDF/OFD into the archive (invoice_file)"},
+    )
+    archive_dir: str = field(
+        default="",
+        metadata={"doc": "keep archived files in this directory; empty = in the database"},
+    )
+    archive_max_attempts: int = field(
+        default=12, metadata={"doc": "fetches of one file before it is listed as failed"}
+    )
+    archive_retry_seconds: float = field(
+        default=5.0, metadata={"doc": "first wait before fetching a file again (doubles)"}
+    )
 
 
 @dataclass(slots=True)
@@ -259,6 +273,19 @@ def _validate(config: Config) -> None:
         )
     if d.log_level not in ("", "warning", "info", "debug"):
         raise ConfigError(f"daemon.log_level must be warning, info or debug, got {d.log_level!r}")
+    if d.archive_max_attempts < 1:
+        raise ConfigError(
+            f"daemon.archive_max_attempts must be at least 1, got {d.archive_max_attempts}"
+        )
+    if d.archive_retry_seconds <= 0:
+        raise ConfigError(
+            f"daemon.archive_retry_seconds must be above 0, got {d.archive_retry_seconds}"
+        )
+    if d.archive_dir and not os.path.isabs(d.archive_dir):
+        raise ConfigError(
+            f"daemon.archive_dir must be an absolute path, got {d.archive_dir!r}",
+            hint="the rows keep the path; a relative one would depend on the daemon's cwd",
+        )
     if config.provider.kind != "nuonuo":
         raise ConfigError(f"provider.kind {config.provider.kind!r} is not supported (nuonuo)")
 

@@ -75,6 +75,9 @@ BEGIN
         -- lines (line_no for a partial reversal) and the attached sources
         EXECUTE format('GRANT SELECT ON cdc_invoice.invoice, cdc_invoice.invoice_line, cdc_invoice.source TO %I',
                        v_reader);
+        -- the invoice-file archive: finance and auditors read the files
+        EXECUTE format('GRANT SELECT ON cdc_invoice.invoice_file, cdc_invoice.invoice_file_fetch TO %I',
+                       v_reader);
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = v_operator) THEN
         EXECUTE format('GRANT USAGE ON SCHEMA cdc_invoice TO %I', v_operator);
@@ -85,6 +88,9 @@ BEGIN
             cdc_invoice.request_reversal(text, text, jsonb), cdc_invoice.request_void(text, text),
             cdc_invoice.request_delivery(text, text, text), cdc_invoice.request_refresh(text)
             TO %I', v_operator);
+        -- `cdc-invoice archive retry` puts failed fetches back
+        EXECUTE format('GRANT UPDATE (state, attempts, run_after, last_error, updated_at)
+            ON cdc_invoice.invoice_file_fetch TO %I', v_operator);
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = v_daemon) THEN
         EXECUTE format('GRANT USAGE ON SCHEMA cdc_invoice TO %I', v_daemon);
@@ -99,6 +105,9 @@ BEGIN
         -- a whole-order reversal (attach's reverse_when) becomes one request per invoice
         EXECUTE format('GRANT EXECUTE ON FUNCTION cdc_invoice.request_reversal(text, text, jsonb),
             cdc_invoice.platform_order_no(bigint, integer) TO %I', v_daemon);
+        -- the archiver appends files and works its fetch queue
+        EXECUTE format('GRANT SELECT, INSERT ON cdc_invoice.invoice_file TO %I', v_daemon);
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE ON cdc_invoice.invoice_file_fetch TO %I', v_daemon);
     END IF;
 END $$;
 -- Everything else in the schema is reachable only through these grants: no PUBLIC access to

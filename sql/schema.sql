@@ -253,5 +253,52 @@ CREATE TABLE cdc_invoice.reconciliation (
 );
 CREATE INDEX reconciliation_day_idx ON cdc_invoice.reconciliation (day, run_at);
 
+-- The invoice files (XML, PDF, OFD) in the company's own archive: bytes here, or a path under
+-- daemon.archive_dir. Never changed: archive.sql's triggers refuse UPDATE, DELETE, TRUNCATE.
+CREATE TABLE cdc_invoice.invoice_file (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    invoice_id   bigint NOT NULL REFERENCES cdc_invoice.invoice,
+    kind         text NOT NULL CHECK (kind IN ('xml', 'pdf', 'ofd')),
+    bytes        bytea,
+    path         text,
+    size         bigint NOT NULL CHECK (size >= 0),
+    sha256       text NOT NULL CHECK (sha256 ~ '^[0-9a-f]{64}$'),
+    fetched_at   timestamptz NOT NULL DEFAULT now(),
+    fetched_by   text NOT NULL,
+    source_url   text NOT NULL,
+    check_result text NOT NULL CHECK (check_result IN ('ok', 'mismatch')),
+    check_detail text,
+    UNIQUE (invoice_id, kind),
+    CHECK ((bytes IS NULL) <> (path IS NULL))
+);
+ALTER TABLE cdc_invoice.invoice_file ALTER COLUMN bytes SET STORAGE EXTERNAL;  -- already compressed
+-- The alert's rows (report_archive_mismatches, the metric): few, found without a scan.
+CREATE INDEX invoice_file_mismatch_idx ON cdc_invoice.invoice_file (invoice_id)
+    WHERE check_result = 'mismatch';
+
+-- What is still to fetch, per invoice and kind: filled by a trigger on cdc_invoice.invoice in
+-- the recording transaction (nothing is ever missed), worked by the archiver with a lease in
+-- run_after (a dead fetcher's row comes back), retried with a backoff, 'failed' after
+-- daemon.archive_max_attempts.
+CREATE TABLE cdc_invoice.invoice_file_fetch (
+    invoice_id  bigint NOT NULL REFERENCES cdc_invoice.invoice ON DELETE CASCADE,
+    kind        text NOT NULL CHECK (kind IN ('xml', 'pdf', 'ofd')),
+    source_url  text NOT NULL,
+    state       text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'failed')),
+    attempts    integer NOT NULL DEFAULT 0,
+    run_after   timestamptz NOT NULL DEFAULT now(),
+    claimed_by  text,
+    last_error  text,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (invoice_id, kind)
+);
+CREATE INDEX invoice_file_fetch_due_idx ON cdc_invoice.invoice_file_fetch (run_after)
+    WHERE state = 'pending';
+-- Failed ones (report_archive_open, the metric) without reading the done ones.
+CREATE INDEX invoice_file_fetch_open_idx ON cdc_invoice.invoice_file_fetch (state)
+    WHERE state <> 'done';
+
 INSERT INTO cdc_invoice.schema_version (version, description) VALUES (1, 'initial'), (2, 'reconciliation'),
-    (3, 'document json'), (4, 'red invoice index'), (5, 'tamper evident'), (6, 'finance');
+    (3, 'document json'), (4, 'red invoice index'), (5, 'tamper evident'), (6, 'finance'),
+    (7, 'invoice files');

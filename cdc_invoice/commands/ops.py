@@ -63,6 +63,8 @@ def gather_status(dsn: str) -> dict[str, Any]:
                 out[key] = cur.fetchall()
             cur.execute(q("status_throughput", OPS))
             out["throughput"] = cur.fetchone()
+            cur.execute(q("archive_counts", "archive_queries.sql"))
+            out["archive"] = cur.fetchone()
         except psycopg.errors.InsufficientPrivilege as exc:
             raise CdcInvoiceError(
                 f"status reads the queue tables: {exc.diag.message_primary}",
@@ -163,6 +165,13 @@ def status(dsn: str, as_json: bool) -> None:
             str(r["fetches_30d"]),
         )
     console.print(tokens if data["tokens"] else "Tokens: none fetched yet")
+
+    a = data["archive"]
+    console.print(
+        f"Invoice files: {a['verified']} verified, {a['pending']} pending, {a['failed']} failed"
+        + (f", [red]{a['mismatched']} not matching their invoice[/]" if a["mismatched"] else "")
+        + (" (cdc-invoice report archive_open)" if a["failed"] else "")
+    )
 
 
 def _json_default(o: object) -> object:

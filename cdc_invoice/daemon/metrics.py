@@ -37,6 +37,7 @@ from cdc_invoice.db.token_store import QUOTA_PER_30_DAYS
 from cdc_invoice.errors import ConfigError
 
 if TYPE_CHECKING:
+    from cdc_invoice.archive.fetcher import Stats as ArchiveStats
     from cdc_invoice.daemon.health import LiveHealth
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ class Snapshot:
     oldest_age: float = 0.0
     tokens: list[tuple[str, float | None, int]] = field(default_factory=list)
     live_daemons: int = 0
+    archive: dict[str, int] = field(default_factory=dict)  # pending, failed, verified, mismatched
 
 
 class DbSnapshot:
@@ -184,6 +186,11 @@ class DbSnapshot:
                 ]
                 row = await (await conn.execute(q("metrics_daemons", OPS))).fetchone()
                 snap.live_daemons = int(row[0]) if row else 0
+                cur = await conn.execute(q("archive_counts", "archive_queries.sql"))
+                row = await cur.fetchone()
+                names = [c.name for c in cur.description or ()]
+                if row is not None:
+                    snap.archive = {n: int(v) for n, v in zip(names, row, strict=True)}
         except (DatabaseUnavailable, TimeoutError, psycopg.Error) as exc:
             # Keep the last figures (stale, with db_up 0) rather than blank graphs.
             old = self.current
@@ -313,6 +320,16 @@ class DaemonCollector(Collector):
             "Daemons with a heartbeat in the last 30 s (all instances, from the database)",
             value=snap.live_daemons,
         )
+        archive = GaugeMetricFamily(
+            "cdc_invoice_archive_files",
+            "Invoice files by archive state: pending (to fetch), failed (given up, listed in "
+            "report_archive_open), verified (kept, content checked), mismatched (kept, XML "
+            "differs from the record: report_archive_mismatches)",
+            labels=["state"],
+        )
+        for state, n in snap.archive.items():
+            archive.add_metric([state], n)
+        yield archive
         expiry = GaugeMetricFamily(
             "cdc_invoice_token_expiry_timestamp_seconds",
             "When the shared platform access token expires (unix time)",
@@ -358,7 +375,21 @@ _PROCESS_HELP = {
     "claimed_total": "Requests claimed by this process since start (polls included)",
     "claim_loop_age_seconds": "Seconds since the claim loop last went round",
     "db_snapshot_refreshes_total": "Database reads for these metrics (at most one per 5 s)",
+    "archive_stored_total": "Invoice files this process fetched and kept in the archive",
+    "archive_mismatches_total": "Kept invoice XML that differs from the recorded invoice (alert)",
+    "archive_retries_total": "Invoice file fetches that failed and will be tried again",
+    "archive_failures_total": "Invoice file fetches given up after daemon.archive_max_attempts",
 }
+
+
+def archive_counters(stats: ArchiveStats) -> dict[str, float]:
+    """The archiver's counters, for the process gauges above."""
+    return {
+        "archive_stored_total": stats.stored,
+        "archive_mismatches_total": stats.mismatched,
+        "archive_retries_total": stats.retried,
+        "archive_failures_total": stats.failed,
+    }
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -24,6 +24,8 @@ from prometheus_client import (
 
 from cdc_invoice import __version__
 from cdc_invoice import config as cfg
+from cdc_invoice.archive import keep
+from cdc_invoice.archive.fetcher import Archiver
 from cdc_invoice.config import Config, read_secret_file
 from cdc_invoice.daemon import callback, health, metrics, systemd
 from cdc_invoice.daemon.handler import Stats
@@ -128,6 +130,28 @@ async def run(
         lease_seconds=d.lease_seconds,
         on_cycle=monitor.on_cycle,
     )
+    if d.archive_files and d.archive_dir:
+        try:
+            keep.check_directory(d.archive_dir)
+        except ConfigError:
+            await provider.aclose()
+            await repo.close()
+            raise
+    # The archiver has a pool (one connection) of its own: it never takes one from issuing.
+    archive_repo = await Repository.open(dsn, daemon_id, 1) if d.archive_files else None
+    archiver = (
+        Archiver(
+            archive_repo,
+            directory=d.archive_dir,
+            max_attempts=d.archive_max_attempts,
+            retry_seconds=d.archive_retry_seconds,
+            max_backoff_seconds=d.max_backoff_seconds,
+            timeout=config.provider.timeout_seconds,
+            verify=config.provider.ca_file or True,
+        )
+        if archive_repo is not None
+        else None
+    )
     snapshot = metrics.DbSnapshot(repo)
     registry.register(
         metrics.DaemonCollector(
@@ -142,6 +166,7 @@ async def run(
                 "claimed_total": worker.claimed_total,
                 "claim_loop_age_seconds": monitor.age(),
                 "db_snapshot_refreshes_total": snapshot.refreshes,
+                **(metrics.archive_counters(archiver.stats) if archiver else {}),
             },
             {"daemon_id": daemon_id, "version": __version__},
         )
@@ -165,6 +190,8 @@ async def run(
     except BaseException:
         await provider.aclose()
         await repo.close()
+        if archive_repo is not None:
+            await archive_repo.close()
         raise
 
     current = config
@@ -248,6 +275,8 @@ async def run(
         ),
         asyncio.create_task(systemd.report_status(notifier, status), name="sd-status"),
     ]
+    if archiver is not None:  # off the hot path: its own task, restarted if it ever fails
+        service.append(asyncio.create_task(archiver.run_forever(), name="archiver"))
     log.info(
         "daemon %s started (concurrency %d, platform %s)",
         daemon_id,
@@ -282,6 +311,8 @@ async def run(
         await repo.daemon_stopped()  # the table is gone too after an uninstall
     await provider.aclose()
     await repo.close()
+    if archive_repo is not None:
+        await archive_repo.close()
     notifier.close()
     s = issuer.stats
     log.info(

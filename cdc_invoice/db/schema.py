@@ -3,7 +3,8 @@
 Install is one transaction under an advisory lock:
   fresh database  -> schema.sql                      (tables of the current version)
   older version   -> migrations/NNNN_*.sql > version (forward-only)
-  then always     -> api.sql, ops.sql, lifecycle.sql, records.sql, reports.sql, roles.sql
+  then always     -> api.sql, ops.sql, lifecycle.sql, records.sql, archive.sql, reports.sql,
+                     roles.sql
                      (CREATE OR REPLACE: functions, guard triggers when missing, roles, views)
   then, only after an upgrade or when a function changed -> reattach() (regenerate capture)
 
@@ -24,7 +25,15 @@ from cdc_invoice.db.queries import latest_version, migrations, q, sql_file
 from cdc_invoice.errors import ConfigError, SchemaNotInstalled, SchemaVersionMismatch
 
 # roles.sql last: it grants on every view and function the others define.
-REPLACEABLE = ("api.sql", "ops.sql", "lifecycle.sql", "records.sql", "reports.sql", "roles.sql")
+REPLACEABLE = (
+    "api.sql",
+    "ops.sql",
+    "lifecycle.sql",
+    "records.sql",
+    "archive.sql",
+    "reports.sql",
+    "roles.sql",
+)
 DEFAULT_ROLE_PREFIX = "cdc_invoice_"
 _ROLE_PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,40}")
 

@@ -10,7 +10,7 @@ Test endpoints (not part of the platform; no auth — bind the sandbox to localh
   GET|POST /_sandbox/config                             runtime knobs (options.RuntimeConfig)
   GET  /_sandbox/stats                                  calls by method / code, faults injected
   POST /_sandbox/clock {"advance_seconds": N}           move the sandbox clock forward
-  GET  /_sandbox/files/{serial}.{pdf|ofd|xml|jpg}       stand-ins for the invoice files
+  GET  /_sandbox/files/{serial}.{pdf|ofd|xml|jpg}       the invoice files (files.py)
   GET  /_sandbox/health
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cdc_invoice.sandbox import codes
+from cdc_invoice.sandbox import codes, files
 from cdc_invoice.sandbox.api import Envelope, Platform, rejected
 from cdc_invoice.sandbox.auth import Auth, TokenError, media_type
 from cdc_invoice.sandbox.faults import (
@@ -40,12 +40,6 @@ from cdc_invoice.sandbox.store import Store
 from cdc_invoice.sandbox.views import listing_item
 
 MAX_BODY = 16 * 1024 * 1024  # 2000 invoice lines fit with room to spare
-_FILE_BODIES = {
-    "pdf": (b"%PDF-1.4\n% cdc-invoice sandbox stand-in\n%%EOF\n", "application/pdf"),
-    "ofd": (b"PK\x03\x04 cdc-invoice sandbox OFD stand-in", "application/ofd"),
-    "xml": (b"<?xml version='1.0'?><EInvoice sandbox='true'/>", "application/xml"),
-    "jpg": (b"\xff\xd8\xff\xe0 cdc-invoice sandbox stand-in", "image/jpeg"),
-}
 
 
 def _dumps(data: Any) -> bytes:
@@ -232,10 +226,13 @@ class SandboxServer:
     async def file(self, request: web.Request) -> web.Response:
         serial, _, ext = request.match_info["name"].partition(".")
         invoice = self.store.invoices.get(serial)
-        if ext not in _FILE_BODIES or invoice is None or invoice.status not in (ISSUED, VOIDED):
+        if (
+            ext not in files.CONTENT_TYPES
+            or invoice is None
+            or invoice.status not in (ISSUED, VOIDED)
+        ):
             raise web.HTTPNotFound()
-        content, content_type = _FILE_BODIES[ext]
-        return web.Response(body=content, content_type=content_type)
+        return web.Response(body=files.render(invoice, ext), content_type=files.CONTENT_TYPES[ext])
 
     async def health(self, _request: web.Request) -> web.Response:
         return _json({"status": "ok", "code": codes.OK})

@@ -237,6 +237,9 @@ class Rig:
                     "daemon_id": f"bench-{self.runs}-{i}",
                     "result_poll_seconds": RESULT_POLL_S,
                     "lease_seconds": 30.0,
+                    # The bench measures issuing; RESET_SQL deletes invoices, which archived
+                    # files (append-only) would refuse.
+                    "archive_files": False,
                 },
                 timeout_seconds=10.0,
             )

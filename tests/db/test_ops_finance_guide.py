@@ -9,6 +9,8 @@ Then the effects are checked: the reversals, deliveries and retries it asked for
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import os
 import re
 import subprocess
@@ -185,6 +187,22 @@ def test_every_statement_of_the_finance_guide_works(shop_dsn: str, tmp_path: Pat
             "'order ''1003'': item P-NEW has no tax mapping', 'MAPPING', "
             "'INSERT INTO cdc_invoice.item_tax …')"
         )
+        # The first invoice's XML in the archive, as the daemon keeps it (tests/db/test_archive_fetch.py).
+        xml = (
+            b"<EInvoice><EInvoiceData><SellerInformation><SellerIdNum>339902999999789113"
+            b"</SellerIdNum></SellerInformation><BasicInformation><TotalAmWithoutTax>150.00"
+            b"</TotalAmWithoutTax><TotalTaxAm>17.50</TotalTaxAm><TotalTax-includedAmount>167.50"
+            b"</TotalTax-includedAmount></BasicInformation></EInvoiceData><TaxSupervisionInfo>"
+            b"<InvoiceNumber>25330000000000000001</InvoiceNumber><IssueTime>2025-02-03"
+            b"</IssueTime></TaxSupervisionInfo></EInvoice>"
+        )
+        conn.execute(
+            "INSERT INTO cdc_invoice.invoice_file (invoice_id, kind, bytes, size, sha256, "
+            "fetched_by, source_url, check_result) SELECT id, 'xml', %s, %s, %s, 'daemon', "
+            "'https://example.invalid/1.xml', 'ok' FROM cdc_invoice.invoice "
+            "WHERE invoice_number = '25330000000000000001'",
+            (xml, len(xml), hashlib.sha256(xml).hexdigest()),
+        )
         # An order shipped before the shop was attached: captured by nobody.
         conn.execute("ALTER TABLE shop.orders DISABLE TRIGGER USER")
         conn.execute("INSERT INTO shop.orders (customer_id, status) VALUES ('C001', 'shipped')")
@@ -196,6 +214,16 @@ def test_every_statement_of_the_finance_guide_works(shop_dsn: str, tmp_path: Pat
     out = run_blocks(DOCS / "finance-guide.md", shop_dsn, tmp_path, require_role=True)
 
     assert (tmp_path / "register-2025-02.csv").read_text().count("\n") == 1 + 4
+    assert "1 file(s) checked: 1 intact" in output_of(out, "cdc-invoice archive verify")
+    audit = tmp_path / "audit-2025-02"
+    assert (audit / "25330000000000000001.xml").read_bytes() == xml
+    with (audit / "index.csv").open(encoding="utf-8-sig", newline="") as f:
+        index = [(r["invoice_number"], r["file_name"], r["integrity"]) for r in csv.DictReader(f)]
+    assert index == [
+        ("25330000000000000001", "25330000000000000001.xml", "ok"),
+        *((f"2533000000000000000{n}", "", "not archived: no link") for n in (2, 4, 5)),
+    ]
+    assert "25330000000000000001.xml: OK" in output_of(out, "sha256sum -c SHA256SUMS")
     net = output_of(out, "AS net_excl_tax")
     assert net == repr(
         [

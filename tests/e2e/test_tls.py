@@ -118,9 +118,20 @@ def test_daemon_refuses_an_unknown_ca_and_accepts_the_configured_one(
             if demo.verify_invoices(shop_dsn, orders, tls_sandbox) == []:
                 break
             time.sleep(0.3)
+        # The archiver fetches the invoice files over the same TLS, trusting the same CA.
+        while time.monotonic() < deadline:
+            with psycopg.connect(shop_dsn) as conn:
+                kept = conn.execute(
+                    "SELECT count(*) FROM cdc_invoice.invoice_file WHERE check_result = 'ok' "
+                    "AND source_url LIKE 'https://%'"
+                ).fetchone()
+            if kept == (9,):
+                break
+            time.sleep(0.3)
     finally:
         trusting.stop()
     assert demo.verify_invoices(shop_dsn, orders, tls_sandbox) == []
+    assert kept == (9,), trusting.output()[-3000:]
 
 
 async def test_an_https_platform_is_reached_through_an_environment_proxy(
