@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import yarl
 from psycopg.types.json import Jsonb
 
 from cdc_invoice.archive import check, keep
@@ -89,7 +91,8 @@ class Archiver:
         async with aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             connector=aiohttp.TCPConnector(limit=self.batch, ssl=ssl_arg),
-            trust_env=True,  # HTTP(S)_PROXY / NO_PROXY, as the provider honours them
+            # not trust_env: it also sends ~/.netrc credentials; proxies are taken per URL below
+            trust_env=False,
         ) as http:
             while True:
                 try:
@@ -282,7 +285,7 @@ def _recorded(job: dict[str, Any]) -> check.Recorded:
 
 async def _download(http: aiohttp.ClientSession, url: str) -> bytes:
     try:
-        async with http.get(url) as resp:
+        async with http.get(url, proxy=_env_proxy(url)) as resp:
             if resp.status != 200:
                 raise FetchFailed(f"HTTP {resp.status} from {url}")
             if (resp.content_length or 0) > MAX_FILE_BYTES:
@@ -295,3 +298,14 @@ async def _download(http: aiohttp.ClientSession, url: str) -> bytes:
             return bytes(body)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         raise FetchFailed(f"{type(exc).__name__} fetching {url}: {exc}") from exc
+
+
+def _env_proxy(url: str) -> str | None:
+    """HTTP(S)_PROXY / ALL_PROXY for ``url`` unless NO_PROXY names its host, as the provider's
+    transport reads them."""
+    env = urllib.request.getproxies_environment()
+    parsed = yarl.URL(url)
+    proxy = env.get(parsed.scheme) or env.get("all")
+    if proxy and parsed.host and urllib.request.proxy_bypass(parsed.host):
+        return None
+    return proxy

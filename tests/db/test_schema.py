@@ -191,8 +191,8 @@ def _install_version(dsn: str, upto: int) -> None:
             if version <= upto:
                 conn.execute(sql_file(name))
         for name in schema.REPLACEABLE:
-            # today's roles and views need later columns (role_prefix 0005, invoice.remark 0006)
-            if name not in ("roles.sql", "reports.sql"):
+            # today's roles, views and archive need later columns and tables (0005-0007)
+            if name not in ("roles.sql", "reports.sql", "archive.sql"):
                 conn.execute(sql_file(name))
 
 
@@ -334,7 +334,7 @@ def test_upgrade_to_5_drops_the_guessed_clerk_of_sellers_that_never_issued(fresh
             "FROM cdc_invoice.request"
         )
     result = schema.install(fresh_dsn)
-    assert result.applied[-1] == "migrations/0006_finance.sql"
+    assert "migrations/0006_finance.sql" in result.applied
     assert any("seller long, never has no clerk" in note for note in result.notes), result.notes
     with psycopg.connect(fresh_dsn, autocommit=True) as conn:
         clerks = conn.execute(
