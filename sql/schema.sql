@@ -158,6 +158,7 @@ CREATE TABLE cdc_invoice.invoice (
     delivery_status     text,
     paper_code          text,     -- paper invoices (es/ec): 发票代码 and 8-digit number
     paper_number        text,
+    seal_failed         boolean NOT NULL DEFAULT false,  -- status 24: issued, the seal failed
     UNIQUE (request_id, part),
     CHECK ((kind = 'red') = (original_invoice_id IS NOT NULL))
 );
@@ -243,4 +244,4 @@ CREATE TABLE cdc_invoice.reconciliation (
 CREATE INDEX reconciliation_day_idx ON cdc_invoice.reconciliation (day, run_at);
 
 INSERT INTO cdc_invoice.schema_version (version, description) VALUES (1, 'initial'), (2, 'reconciliation'),
-    (3, 'document json'), (4, 'red invoice index');
+    (3, 'document json'), (4, 'red invoice index'), (5, 'lifecycle');

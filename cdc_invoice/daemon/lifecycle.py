@@ -55,13 +55,15 @@ class Lifecycle(Handler):
             hint = exc.hint
             if isinstance(exc, OrderError):
                 hint = "; ".join(p.fix for p in exc.problems if p.fix) or hint
-            await self._fail(req, fence, str(exc), getattr(exc, "code", None), hint)
+            await self._fail(req, fence, str(exc), _code(exc), hint)
         except ProviderRejected as exc:
             await self._fail(
                 req, fence, f"platform refused {req.kind}: {exc.message}", exc.code, exc.hint
             )
         except (ProviderError, DatabaseUnavailable) as exc:
             await self._retry(req, fence, exc)
+        except Exception as exc:  # this request only: never the batch, never forever
+            await self._unexpected(req, fence, exc)
 
     async def poll(self, reqs: list[ClaimedRequest]) -> None:
         for req in reqs:
@@ -72,13 +74,15 @@ class Lifecycle(Handler):
                 elif req.kind == "void":
                     await self._poll_void(req, fence)
             except (OrderError, RequestRefused) as exc:
-                await self._fail(req, fence, str(exc), getattr(exc, "code", None), exc.hint)
+                await self._fail(req, fence, str(exc), _code(exc), exc.hint)
             except ProviderRejected as exc:
                 await self._fail(
                     req, fence, f"platform refused {req.kind}: {exc.message}", exc.code, exc.hint
                 )
             except (ProviderError, DatabaseUnavailable) as exc:
                 await self._retry(req, fence, exc)
+            except Exception as exc:  # this request only: the others of the batch go on
+                await self._unexpected(req, fence, exc)
 
     # --- shared ----------------------------------------------------------------------------
 
@@ -111,12 +115,14 @@ class Lifecycle(Handler):
                 fence, req.source, req.order_ref, reason
             )
             if numbers is None:
+                # Not capped: the issue request it waits for is (max_attempts), so this ends.
                 await self._retry(
                     req,
                     fence,
                     ProviderError(
                         f"order {req.order_ref!r} is still being invoiced; its reversal waits"
                     ),
+                    capped=False,
                 )
             return
         inv, seller, ref = await self._invoice(req)
@@ -366,6 +372,11 @@ class Lifecycle(Handler):
                 "detail": {"status": p.status_code},
             },
         )
+
+
+def _code(exc: OrderError | RequestRefused) -> str | None:
+    """The failure code: an order error's own, or the SQLSTATE-like code of a refusal."""
+    return getattr(exc, "code", None) or getattr(exc, "sqlstate", None)
 
 
 def _red_draft(inv: dict[str, Any], lines: list[InvoiceLine]) -> InvoiceDraft:
