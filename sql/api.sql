@@ -366,7 +366,8 @@ $$;
 --     platform refused outright gets a new number (the next generation);
 --   * if nothing reached the platform, the order is snapshotted again (the DBA fixed it) and a
 --     refused order number is replaced;
---   * an order that was returned (a whole-order reversal, attach's reverse_when) is refused.
+--   * an order that was returned (a whole-order reversal, attach's reverse_when) is refused,
+--     unless parts of it are at the platform: those must be recorded so they can be reversed.
 CREATE OR REPLACE FUNCTION cdc_invoice.retry(request_id bigint) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -390,22 +391,24 @@ BEGIN
     v_base := v_req.platform_order_no;
     v_progress := v_req.progress;
     IF v_req.kind = 'issue' THEN
-        SELECT r.id INTO v_returned FROM cdc_invoice.request r
-         WHERE r.source = v_req.source AND r.order_ref = v_req.order_ref AND r.kind = 'reverse'
-           AND r.invoice_id IS NULL AND r.state <> 'cancelled'
-         ORDER BY r.id LIMIT 1;
-        IF v_returned IS NOT NULL THEN
-            RAISE EXCEPTION 'order % of source % was returned (reversal request %): invoicing it now would invoice returned goods',
-                            v_req.order_ref, v_req.source, v_returned
-                USING ERRCODE = 'CI006',
-                      HINT = 'nothing to do: a returned order nets to zero. If the goods were shipped again, ship them as a new order';
-        END IF;
         v_parts := coalesce(v_progress -> 'parts', '[]');
         SELECT array_agg((p ->> 'part')::integer) FILTER (WHERE coalesce(p ->> 'state', 'accepted') <> 'refused'),
                array_agg((p ->> 'part')::integer) FILTER (WHERE p ->> 'state' = 'refused'
                                                           AND cdc_invoice._number_burned(p ->> 'code'))
           INTO v_reached, v_renumber
           FROM jsonb_array_elements(v_parts) p;
+        -- A returned order with nothing at the platform is never invoiced; parts at the
+        -- platform must still be recorded (then its reversal reverses them).
+        SELECT r.id INTO v_returned FROM cdc_invoice.request r
+         WHERE r.source = v_req.source AND r.order_ref = v_req.order_ref AND r.kind = 'reverse'
+           AND r.invoice_id IS NULL AND r.state <> 'cancelled'
+         ORDER BY r.id LIMIT 1;
+        IF v_returned IS NOT NULL AND v_reached IS NULL THEN
+            RAISE EXCEPTION 'order % of source % was returned (reversal request %): invoicing it now would invoice returned goods',
+                            v_req.order_ref, v_req.source, v_returned
+                USING ERRCODE = 'CI006',
+                      HINT = 'nothing to do: a returned order nets to zero. If the goods were shipped again, ship them as a new order';
+        END IF;
         IF v_reached IS NOT NULL THEN
             -- Parts at the platform: their numbers and the snapshot they were computed from stay.
             IF v_renumber IS NOT NULL THEN
