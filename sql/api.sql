@@ -381,6 +381,7 @@ DECLARE
     v_base     text;
     v_detail   jsonb := '{}';
     v_returned bigint;
+    v_err      text;
 BEGIN
     SELECT * INTO v_req FROM cdc_invoice.request r WHERE r.id = retry.request_id FOR UPDATE;
     IF NOT FOUND OR v_req.state NOT IN ('failed', 'cancelled') THEN
@@ -428,16 +429,31 @@ BEGIN
         ELSIF v_req.attempt = 0 OR v_req.error_code IN ('CAPTURE', 'MAPPING', 'INVALID', 'ORDER')
               OR cdc_invoice._number_burned(v_req.error_code) THEN
             -- Nothing reached the platform: take the order as it is now (the DBA fixed it).
-            SELECT d.document INTO v_doc FROM cdc_invoice.order_document(v_req.source, v_req.order_ref) d;
-            UPDATE cdc_invoice.request r SET document = v_doc WHERE r.id = v_req.id;
+            IF v_req.error_code = 'CAPTURE' THEN
+                -- No snapshot at all yet: raises (and says why) while the order is still broken.
+                SELECT d.document INTO v_doc FROM cdc_invoice.order_document(v_req.source, v_req.order_ref) d;
+            ELSE
+                BEGIN
+                    SELECT d.document INTO v_doc FROM cdc_invoice.order_document(v_req.source, v_req.order_ref) d;
+                EXCEPTION WHEN OTHERS THEN
+                    v_err := SQLERRM;  -- e.g. the order was deleted: the commit-time snapshot stays
+                END;
+            END IF;
+            IF v_err IS NULL THEN
+                UPDATE cdc_invoice.request r SET document = v_doc WHERE r.id = v_req.id;
+            END IF;
             v_progress := NULL;
             IF cdc_invoice._number_burned(v_req.error_code) THEN
                 v_gen := v_gen + 1;
                 PERFORM cdc_invoice.platform_order_no(v_req.id, v_gen);  -- CI006 past 35
                 v_base := NULL;  -- the next claim takes platform_order_no(id, v_gen)
             END IF;
-            v_detail := jsonb_build_object('snapshot', 'fresh',
-                'why', 'nothing reached the platform: the order is taken as it is now');
+            v_detail := CASE WHEN v_err IS NULL
+                THEN jsonb_build_object('snapshot', 'fresh',
+                    'why', 'nothing reached the platform: the order is taken as it is now')
+                ELSE jsonb_build_object('snapshot', 'kept',
+                    'why', 'nothing reached the platform, but the order cannot be read now ('
+                           || v_err || '): the snapshot taken at commit stays') END;
         ELSE
             -- Maybe at the platform (outcome unknown, a failed 22, …): same numbers, same
             -- snapshot, so the next attempt finds and adopts whatever exists.
