@@ -325,9 +325,21 @@ class Lifecycle(Handler):
     async def _deliver(self, req: ClaimedRequest, fence: Fence) -> None:
         inv, seller, ref = await self._invoice(req)
         params = req.params or {}
-        await self._timed(
-            "deliver", self.provider.deliver(seller, ref, params.get("email"), params.get("phone"))
-        )
+        try:
+            await self._timed(
+                "deliver",
+                self.provider.deliver(seller, ref, params.get("email"), params.get("phone")),
+            )
+        except ValueError as exc:  # what was asked cannot be sent (e.g. not a mobile number)
+            raise InvalidOrder(
+                [
+                    Problem(
+                        f"cannot deliver invoice {ref.number}: {exc}",
+                        fix=f"SELECT cdc_invoice.request_delivery('{ref.number}', "
+                        "'<email>', '<11-digit mobile number or NULL>')",
+                    )
+                ]
+            ) from exc
         await self.repo.finish(
             fence,
             [("set_delivery_status", {"id": inv["id"], "status": "sent"})],
