@@ -462,6 +462,13 @@ BEGIN
                               coalesce(v_req.error_code, 'no code')));
         END IF;
         v_detail := v_detail || jsonb_build_object('generation', v_gen, 'previous_error', v_req.error_code);
+    ELSIF cdc_invoice._number_burned(v_req.error_code) OR v_req.error_code = 'ISSUE_FAILED' THEN
+        -- A red-letter request the platform refused, or whose red invoice failed: a new slip
+        -- (bill id) and red order number; a blue invoice's slip can be used up only once.
+        v_gen := v_gen + 1;
+        PERFORM cdc_invoice.platform_order_no(v_req.id, v_gen);  -- CI006 past 35
+        v_base := NULL;
+        v_progress := NULL;
     END IF;
     UPDATE cdc_invoice.request r
        SET state = 'pending', run_after = now(), retries = 0, claimed_by = NULL, lease_until = NULL,

@@ -377,32 +377,69 @@ class Issuer(Handler):
             elif isinstance(outcome, list):
                 to_record.append((fence, outcome))
         if to_record:
-            try:
-                done = await self.repo.record_invoices(to_record)
-                self.stats.recorded += len(done)
-                now = datetime.now(UTC)
-                created = {r.id: r.created_at for r in reqs}
-                for rid in done:
-                    self.observer.recorded("issue", (now - created[rid]).total_seconds())
-                for fence, rows in to_record:
-                    for row in rows:
-                        if row["seal_failed"] and fence.id in done:
-                            # An alert: the invoice exists (recorded) but carries no valid seal.
-                            log.error(
-                                "invoice %s (order %s, request %s): issued but its seal failed "
-                                "(status 24); follow it up with the platform, it is never "
-                                "issued again",
-                                row["invoice_number"],
-                                row["order_ref"],
-                                fence.id,
-                            )
-            except DatabaseUnavailable as exc:
-                # Leases expire and the next holder polls and records again: nothing is lost.
-                log.warning("recording %d invoices failed: %s", len(to_record), exc)
+            await self._record(reqs, to_record)
         try:
             await self.repo.release_poll(still, self.result_poll_seconds)
         except DatabaseUnavailable as exc:
             log.warning("releasing %d polled requests failed: %s", len(still), exc)
+
+    async def _record(
+        self,
+        reqs: Sequence[ClaimedRequest],
+        to_record: list[tuple[Fence, list[dict[str, Any]]]],
+    ) -> None:
+        """Record finished requests in one statement; should that fail for a reason other than
+        the database being away, record them one by one, so that the request at fault is
+        retried (and capped) on its own and the others are recorded."""
+        by_id = {r.id: r for r in reqs}
+        try:
+            done = await self.repo.record_invoices(to_record)
+        except DatabaseUnavailable as exc:
+            # Leases expire and the next holder polls and records again: nothing is lost.
+            log.warning("recording %d invoices failed: %s", len(to_record), exc)
+            return
+        except Exception as exc:
+            if len(to_record) == 1:
+                fence = to_record[0][0]
+                await self._unexpected(by_id[fence.id], fence, exc)
+                return
+            done = []
+            for fence, rows in to_record:
+                try:
+                    done += await self.repo.record_invoices([(fence, rows)])
+                except DatabaseUnavailable as db_exc:
+                    log.warning("recording request %s failed: %s", fence.id, db_exc)
+                except Exception as one_exc:
+                    await self._unexpected(by_id[fence.id], fence, one_exc)
+        for fence, _ in to_record:
+            if fence.id not in done:
+                # Not recorded and no database outage: its invoice or order number is recorded
+                # for another request already (the lease-lost case makes this a fenced no-op).
+                # Retried, so capped: it ends failed, never loops.
+                await self._retry(
+                    by_id[fence.id],
+                    fence,
+                    ProviderError(
+                        "its invoice could not be recorded: its invoice number or order number "
+                        "is recorded for another request (see the daemon log)",
+                        hint="compare with the platform: cdc-invoice reconcile",
+                    ),
+                )
+        self.stats.recorded += len(done)
+        now = datetime.now(UTC)
+        for rid in done:
+            self.observer.recorded("issue", (now - by_id[rid].created_at).total_seconds())
+        for fence, rows in to_record:
+            for row in rows:
+                if row["seal_failed"] and fence.id in done:
+                    # The alert: the invoice exists (recorded) but carries no valid seal.
+                    log.error(
+                        "invoice %s (order %s, request %s): issued but its seal failed "
+                        "(status 24); follow it up with the platform, it is never issued again",
+                        row["invoice_number"],
+                        row["order_ref"],
+                        fence.id,
+                    )
 
     async def _settle(
         self,

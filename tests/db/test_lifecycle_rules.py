@@ -54,6 +54,7 @@ class Platform:
     lost: Callable[[int], bool] = lambda part: False
     after_reissue: Callable[[Held], str] = lambda held: "2"
     crash: Callable[[InvoiceDraft], bool] = lambda draft: False
+    number: Callable[[Held], str] = lambda held: f"2633{int(held.serial[1:]):016d}"
     held: dict[str, Held] = field(default_factory=dict)
     issue_calls: Counter[str] = field(default_factory=Counter)
     reissue_calls: Counter[str] = field(default_factory=Counter)
@@ -100,7 +101,7 @@ class Platform:
             "failCause": "税局返回未知异常" if held.status in ("22", "24") else "",
         }
         if held.status in ("2", "24"):
-            item["allElectronicInvoiceNumber"] = f"2633{int(held.serial[1:]):016d}"
+            item["allElectronicInvoiceNumber"] = self.number(held)
             item["invoiceTime"] = str(int(time.time() * 1000))
         return payload.parse_invoice(item)  # the adapter's own mapping of the status codes
 
@@ -397,6 +398,25 @@ async def test_unexpected_errors_are_per_request_and_attempts_are_capped(shop_ds
     assert issue_request(shop_dsn, good)[1] == "done"
     sql(shop_dsn, "SELECT cdc_invoice.retry(%s)", rid)
     assert issue_request(shop_dsn, bad)[4] == base  # an unknown outcome never burns a number
+
+
+async def test_an_invoice_that_cannot_be_recorded_ends_failed(shop_dsn: str) -> None:
+    """The platform gives two orders the same invoice number: the second cannot be recorded
+    (unique). It used to be polled for ever; now it is retried, capped, and fails."""
+    platform = Platform(number=lambda held: "26330000000000000001")
+    first = ship(shop_dsn, "C001", [("P-MOUSE", "1", "79.90")])
+    async with daemon(shop_dsn, platform):
+        await until(shop_dsn, "SELECT bool_and(state = 'done') FROM cdc_invoice.request")
+    second = ship(shop_dsn, "C002", [("P-TEA", "1", "268.00")])
+    async with daemon(shop_dsn, platform, max_attempts=3):
+        await until(
+            shop_dsn,
+            "SELECT state = 'failed' FROM cdc_invoice.request WHERE order_ref = %s",
+            second,
+        )
+    _, _, code, hint, _, _, _ = issue_request(shop_dsn, second)
+    assert code == "OUTCOME_UNKNOWN" and "reconcile" in hint
+    assert net_invoiced(shop_dsn, first) == Decimal("79.90")
 
 
 async def test_lost_answers_forever_fail_as_outcome_unknown(shop_dsn: str) -> None:
