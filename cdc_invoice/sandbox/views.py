@@ -113,6 +113,12 @@ def query_item(invoice: Invoice, status: str, base_url: str, *, detail: bool) ->
             item["emailNotifyStatus"] = "1"
         if invoice.buyer.phone:
             item["phoneNotifyStatus"] = "1"
+        if status == SIGN_FAILED:
+            # ASSUMPTION (docs/platform-assumptions.md L4): no sealed file exists yet, so none
+            # is offered or sent.
+            for key in ("pdfUrl", "ofdUrl", "xmlUrl", "pictureUrl", "imgUrls"):
+                del item[key]
+            item["emailNotifyStatus"] = item["phoneNotifyStatus"] = "4"
     if status == VOIDED and invoice.voided_at is not None:
         item.update(invalidTime=str(int(invoice.voided_at)), invalidSource="2")
     if detail:
