@@ -6,6 +6,12 @@ Red-letter reversal of a 数电 invoice goes through a confirmation slip (红字
   invoice -> record it with its blue, whose status becomes partially_reversed or reversed.
 A slip that needs the buyer's confirmation waits (cdc_invoice.pending_red_slips) and expires
 after 72 hours. As for issuing, any attempt after the first asks the platform before acting.
+
+A whole-order reversal (attach's reverse_when) settles the order's issue requests first
+(Repository.expand_order_reversal): one never sent is cancelled, one in flight is waited for,
+one failed with parts at the platform refuses the reversal with the fix; a returned order nets
+to zero (docs/reliability.md, "Lifecycle rules"). Every request ends: unexpected errors are
+caught per request and retries are capped by ``max_attempts`` (handler.py).
 """
 
 from __future__ import annotations
