@@ -392,6 +392,7 @@ class Issuer(Handler):
         the database being away, record them one by one, so that the request at fault is
         retried (and capped) on its own and the others are recorded."""
         by_id = {r.id: r for r in reqs}
+        handled: set[int] = set()
         try:
             done = await self.repo.record_invoices(to_record)
         except DatabaseUnavailable as exc:
@@ -408,11 +409,13 @@ class Issuer(Handler):
                 try:
                     done += await self.repo.record_invoices([(fence, rows)])
                 except DatabaseUnavailable as db_exc:
+                    handled.add(fence.id)
                     log.warning("recording request %s failed: %s", fence.id, db_exc)
                 except Exception as one_exc:
+                    handled.add(fence.id)
                     await self._unexpected(by_id[fence.id], fence, one_exc)
         for fence, _ in to_record:
-            if fence.id not in done:
+            if fence.id not in done and fence.id not in handled:
                 # Not recorded and no database outage: its invoice or order number is recorded
                 # for another request already (the lease-lost case makes this a fenced no-op).
                 # Retried, so capped: it ends failed, never loops.
