@@ -541,3 +541,53 @@ def test_order_number_generations_never_wrap(shop_dsn: str) -> None:
     assert issue_request(shop_dsn, order)[6] == 35
     [(no,)] = sql(shop_dsn, "SELECT cdc_invoice.platform_order_no(1, 35)")
     assert len(no) == 18 and no[6] == "Z"
+
+
+async def test_a_result_the_platform_never_gives_ends_as_outcome_unknown(shop_dsn: str) -> None:
+    """Submitted, then every query fails: the polls are retried, capped by max_attempts, and the
+    request fails OUTCOME_UNKNOWN (the platform has it), never stays submitted for ever."""
+    from cdc_invoice.errors import ProviderUnavailable
+
+    platform = Platform()
+
+    async def broken(*args: Any) -> list[PlatformInvoice]:
+        raise ProviderUnavailable("HTTP 503")
+
+    platform.query_by_serials = broken  # type: ignore[method-assign]
+    order = ship(shop_dsn, "C001", [("P-MOUSE", "1", "79.90")])
+    async with daemon(shop_dsn, platform, max_attempts=3):
+        await until(shop_dsn, "SELECT bool_and(state = 'failed') FROM cdc_invoice.request")
+    rid, _, code, hint, base, _, _ = issue_request(shop_dsn, order)
+    assert code == "OUTCOME_UNKNOWN" and "reconcile" in hint
+    assert list(platform.held) == [base + "01"]
+    # The operator's retry asks the platform by that number and records the invoice.
+    platform.query_by_serials = Platform.query_by_serials.__get__(platform)  # type: ignore[method-assign]
+    sql(shop_dsn, "SELECT cdc_invoice.retry(%s)", rid)
+    async with daemon(shop_dsn, platform):
+        await until(shop_dsn, "SELECT bool_and(state = 'done') FROM cdc_invoice.request")
+    assert platform.issue_calls == Counter({base + "01": 1})
+
+
+def test_reconcile_finds_a_request_by_any_generation_of_its_number(split_shop: str) -> None:
+    """A split order's parts may carry different generations (only a refused part is
+    renumbered): reconcile's lookup by order number finds the request under each."""
+    order = ship(split_shop, "C001", THREE_LINES)
+    rid = issue_request(split_shop, order)[0]
+    sql(
+        split_shop,
+        "UPDATE cdc_invoice.request SET generation = 1, "
+        "platform_order_no = cdc_invoice.platform_order_no(id, 1) WHERE id = %s",
+        rid,
+    )
+    [(gen0, gen1)] = sql(
+        split_shop,
+        "SELECT cdc_invoice.platform_order_no(%s, 0), cdc_invoice.platform_order_no(%s, 1)",
+        rid,
+        rid,
+    )
+    from cdc_invoice.db.queries import q
+
+    with psycopg.connect(split_shop) as conn:
+        for base, found in ((gen0, True), (gen1, True), ("X", False), (gen0[:-1] + "9", False)):
+            rows = conn.execute(q("request_by_order_no"), {"base": base}).fetchall()
+            assert bool(rows) is found and (not rows or rows[0][0] == rid), base
