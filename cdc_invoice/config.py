@@ -97,6 +97,10 @@ class DaemonConfig:
         default=0.5, metadata={"doc": "first wait before asking the platform for a result"}
     )
     max_backoff_seconds: float = field(default=300.0, metadata={"doc": "cap of the retry backoff"})
+    max_attempts: int = field(
+        default=30,
+        metadata={"doc": "retries of one request before it fails with its last error"},
+    )
     shutdown_grace_seconds: float = field(
         default=20.0, metadata={"doc": "SIGTERM: time to finish in-flight work"}
     )
@@ -258,6 +262,11 @@ def _validate(config: Config) -> None:
     d = config.daemon
     if d.concurrency < 1 or d.concurrency > 1000:
         raise ConfigError(f"daemon.concurrency must be 1..1000, got {d.concurrency}")
+    if d.max_attempts < 1:
+        raise ConfigError(
+            f"daemon.max_attempts must be at least 1, got {d.max_attempts}",
+            hint="the default, 30, is about 1.5 hours of backoff at max_backoff_seconds = 300",
+        )
     if d.lease_seconds < 5 * config.provider.timeout_seconds / 2:
         raise ConfigError(
             "daemon.lease_seconds must be well above provider.timeout_seconds "

@@ -16,14 +16,22 @@ CREATE TRIGGER event_append_only BEFORE UPDATE OR DELETE ON cdc_invoice.event
     FOR EACH ROW EXECUTE FUNCTION cdc_invoice.event_append_only();
 
 -- The platform order number (idempotency key) of a request: 'CI', the installation's tag, the
--- generation (0-9A-Z) and the request id: 18 characters, plus a 2-digit part when sent.
+-- generation (0-9A-Z) and the request id: 18 characters, plus a 2-digit part when sent (the
+-- platform's orderNo takes 20). 36 generations, never wrapped: a wrapped generation would reuse
+-- an order number the platform has seen (retry() refuses before that; this is the last guard).
 CREATE OR REPLACE FUNCTION cdc_invoice.platform_order_no(p_id bigint, p_generation integer)
 RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT 'CI' || i.tag || substr('0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ', p_generation % 36 + 1, 1)
-           || lpad(p_id::text, 11, '0')
-      FROM cdc_invoice.installation i
-$$;
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_generation NOT BETWEEN 0 AND 35 THEN
+        RAISE EXCEPTION 'request % has used all 36 platform order numbers (generation %)', p_id, p_generation
+            USING ERRCODE = 'CI006',
+                  HINT = 'the platform refused this order 35 times: cancel the request and invoice the order by hand';
+    END IF;
+    RETURN (SELECT 'CI' || i.tag || substr('0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ', p_generation + 1, 1)
+                   || lpad(p_id::text, 11, '0')
+              FROM cdc_invoice.installation i);
+END $$;
 
 -- Names of the objects attach() generates for a source: derived from a hash of the source
 -- name, so any source name (quotes, spaces, Chinese) yields safe, short identifiers.
@@ -342,46 +350,140 @@ BEGIN
     RETURN format('detached %s', detach.source);
 END $$;
 
--- Whether retrying a failed request needs a new platform order number: the platform refused
--- it (E9…) or failed the invoice (ISSUE_FAILED), so its number is burned (E9106 on reuse) and
--- no invoice exists under it. Never for other failures (e.g. an invoice found under our number
--- that differs from the order): a new number could then mean a second invoice.
+-- Whether a platform answer means "refused outright, nothing exists under this order number":
+-- E4000 (invalid parameters, requestBillingNew doc) and the E9… business refusals, so a retry
+-- may use a new number. Never E9106 (the number exists), E9613 (reInvoice limit: the invoice
+-- exists, failed), ISSUE_FAILED / PARTIAL_ISSUE (status 22: the invoice exists, reInvoice is
+-- the remedy under the same number), OUTCOME_UNKNOWN (maybe issued: reconcile), nor any other
+-- code: an unknown answer must never lead to a second invoice.
 CREATE OR REPLACE FUNCTION cdc_invoice._number_burned(error_code text) RETURNS boolean
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(error_code = 'ISSUE_FAILED' OR (error_code ~ '^E9' AND error_code <> 'E9106'), false)
+    SELECT coalesce((error_code = 'E4000' OR error_code ~ '^E9')
+                    AND error_code NOT IN ('E9106', 'E9613', 'E9601'), false)
 $$;
 
 -- retry(): put a failed (or cancelled) request back in the queue, now. Runs with the owner's
--- rights so that cdc_invoice_operator needs EXECUTE only.
+-- rights so that cdc_invoice_operator needs EXECUTE only. For an issue request
+-- (docs/reliability.md, "Lifecycle rules"):
+--   * parts that reached the platform (accepted, issuing, issued, failed 22) keep their order
+--     numbers and the old snapshot: the next attempt asks the platform by those numbers and
+--     adopts or re-issues (reInvoice) what it finds, never a second invoice; only a part the
+--     platform refused outright gets a new number (the next generation);
+--   * if nothing reached the platform, the order is snapshotted again (the DBA fixed it) and a
+--     refused order number is replaced;
+--   * an order that was returned (a whole-order reversal, attach's reverse_when) is refused,
+--     unless parts of it are at the platform: those must be recorded so they can be reversed.
 CREATE OR REPLACE FUNCTION cdc_invoice.retry(request_id bigint) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_id  bigint;
-    v_req cdc_invoice.request;
-    v_doc jsonb;
+    v_req      cdc_invoice.request;
+    v_doc      json;
+    v_parts    jsonb;
+    v_reached  integer[];
+    v_renumber integer[];
+    v_gen      integer;
+    v_progress jsonb;
+    v_base     text;
+    v_detail   jsonb := '{}';
+    v_returned bigint;
+    v_err      text;
 BEGIN
     SELECT * INTO v_req FROM cdc_invoice.request r WHERE r.id = retry.request_id FOR UPDATE;
-    IF v_req.error_code = 'CAPTURE' AND v_req.kind = 'issue' AND v_req.state = 'failed' THEN
-        -- The trigger could not take the snapshot at commit: take it now (raises if still broken).
-        SELECT d.document INTO v_doc FROM cdc_invoice.order_document(v_req.source, v_req.order_ref) d;
-        UPDATE cdc_invoice.request r SET document = v_doc WHERE r.id = v_req.id;
-    END IF;
-    UPDATE cdc_invoice.request r
-       SET state = 'pending', run_after = now(), retries = 0, claimed_by = NULL, lease_until = NULL,
-           generation = r.generation + CASE WHEN cdc_invoice._number_burned(r.error_code) THEN 1 ELSE 0 END,
-           platform_order_no = CASE WHEN cdc_invoice._number_burned(r.error_code) THEN NULL
-                                    ELSE r.platform_order_no END,
-           progress = CASE WHEN cdc_invoice._number_burned(r.error_code) THEN NULL ELSE r.progress END,
-           last_error = NULL, error_code = NULL, hint = NULL, updated_at = now()
-     WHERE r.id = retry.request_id AND r.state IN ('failed', 'cancelled')
-    RETURNING r.id INTO v_id;
-    IF v_id IS NULL THEN
+    IF NOT FOUND OR v_req.state NOT IN ('failed', 'cancelled') THEN
         RAISE EXCEPTION 'request % is not failed or cancelled', retry.request_id
             USING ERRCODE = 'CI005', HINT = 'SELECT request_id, order_ref, last_error FROM cdc_invoice.report_failures';
     END IF;
-    INSERT INTO cdc_invoice.event (actor, request_id, event) VALUES (session_user, v_id, 'request.retried');
+    v_gen := v_req.generation;
+    v_base := v_req.platform_order_no;
+    v_progress := v_req.progress;
+    IF v_req.kind = 'issue' THEN
+        v_parts := coalesce(v_progress -> 'parts', '[]');
+        SELECT array_agg((p ->> 'part')::integer) FILTER (WHERE coalesce(p ->> 'state', 'accepted') <> 'refused'),
+               array_agg((p ->> 'part')::integer) FILTER (WHERE p ->> 'state' = 'refused'
+                                                          AND cdc_invoice._number_burned(p ->> 'code'))
+          INTO v_reached, v_renumber
+          FROM jsonb_array_elements(v_parts) p;
+        -- A returned order with nothing at the platform is never invoiced; parts at the
+        -- platform must still be recorded (then its reversal reverses them).
+        SELECT r.id INTO v_returned FROM cdc_invoice.request r
+         WHERE r.source = v_req.source AND r.order_ref = v_req.order_ref AND r.kind = 'reverse'
+           AND r.invoice_id IS NULL AND r.state <> 'cancelled'
+         ORDER BY r.id LIMIT 1;
+        IF v_returned IS NOT NULL AND v_reached IS NULL THEN
+            RAISE EXCEPTION 'order % of source % was returned (reversal request %): invoicing it now would invoice returned goods',
+                            v_req.order_ref, v_req.source, v_returned
+                USING ERRCODE = 'CI006',
+                      HINT = 'nothing to do: a returned order nets to zero. If the goods were shipped again, ship them as a new order';
+        END IF;
+        IF v_reached IS NOT NULL THEN
+            -- Parts at the platform: their numbers and the snapshot they were computed from stay.
+            IF v_renumber IS NOT NULL THEN
+                v_gen := v_gen + 1;
+                v_base := cdc_invoice.platform_order_no(v_req.id, v_gen);  -- CI006 past 35
+                SELECT jsonb_agg(CASE WHEN (p ->> 'part')::integer = ANY (v_renumber)
+                                      THEN p || jsonb_build_object('order_no', v_base || lpad(p ->> 'part', 2, '0'))
+                                      ELSE p END ORDER BY (p ->> 'part')::integer)
+                  INTO v_parts FROM jsonb_array_elements(v_parts) p;
+                v_progress := v_progress || jsonb_build_object('parts', v_parts);
+            END IF;
+            v_detail := jsonb_build_object(
+                'snapshot', 'kept',
+                'why', format('part(s) %s reached the platform under their order numbers: they stay, and so does the snapshot they were computed from',
+                              array_to_string(v_reached, ', ')),
+                'renumbered_parts', to_jsonb(coalesce(v_renumber, '{}')));
+        ELSIF v_req.attempt = 0 OR v_req.error_code IN ('CAPTURE', 'MAPPING', 'INVALID', 'ORDER')
+              OR cdc_invoice._number_burned(v_req.error_code) THEN
+            -- Nothing reached the platform: take the order as it is now (the DBA fixed it).
+            IF v_req.error_code = 'CAPTURE' THEN
+                -- No snapshot at all yet: raises (and says why) while the order is still broken.
+                SELECT d.document INTO v_doc FROM cdc_invoice.order_document(v_req.source, v_req.order_ref) d;
+            ELSE
+                BEGIN
+                    SELECT d.document INTO v_doc FROM cdc_invoice.order_document(v_req.source, v_req.order_ref) d;
+                EXCEPTION WHEN OTHERS THEN
+                    v_err := SQLERRM;  -- e.g. the order was deleted: the commit-time snapshot stays
+                END;
+            END IF;
+            IF v_err IS NULL THEN
+                UPDATE cdc_invoice.request r SET document = v_doc WHERE r.id = v_req.id;
+            END IF;
+            v_progress := NULL;
+            IF cdc_invoice._number_burned(v_req.error_code) THEN
+                v_gen := v_gen + 1;
+                PERFORM cdc_invoice.platform_order_no(v_req.id, v_gen);  -- CI006 past 35
+                v_base := NULL;  -- the next claim takes platform_order_no(id, v_gen)
+            END IF;
+            v_detail := CASE WHEN v_err IS NULL
+                THEN jsonb_build_object('snapshot', 'fresh',
+                    'why', 'nothing reached the platform: the order is taken as it is now')
+                ELSE jsonb_build_object('snapshot', 'kept',
+                    'why', 'nothing reached the platform, but the order cannot be read now ('
+                           || v_err || '): the snapshot taken at commit stays') END;
+        ELSE
+            -- Maybe at the platform (outcome unknown, a failed 22, …): same numbers, same
+            -- snapshot, so the next attempt finds and adopts whatever exists.
+            v_detail := jsonb_build_object('snapshot', 'kept',
+                'why', format('the platform may hold this order (%s): the next attempt asks it by order number first',
+                              coalesce(v_req.error_code, 'no code')));
+        END IF;
+        v_detail := v_detail || jsonb_build_object('generation', v_gen, 'previous_error', v_req.error_code);
+    ELSIF cdc_invoice._number_burned(v_req.error_code) OR v_req.error_code = 'ISSUE_FAILED' THEN
+        -- A red-letter request the platform refused, or whose red invoice failed: a new slip
+        -- (bill id) and red order number; a blue invoice's slip can be used up only once.
+        v_gen := v_gen + 1;
+        PERFORM cdc_invoice.platform_order_no(v_req.id, v_gen);  -- CI006 past 35
+        v_base := NULL;
+        v_progress := NULL;
+    END IF;
+    UPDATE cdc_invoice.request r
+       SET state = 'pending', run_after = now(), retries = 0, claimed_by = NULL, lease_until = NULL,
+           generation = v_gen, platform_order_no = v_base, progress = v_progress,
+           last_error = NULL, error_code = NULL, hint = NULL, updated_at = now()
+     WHERE r.id = v_req.id;
+    INSERT INTO cdc_invoice.event (actor, request_id, source, order_ref, event, detail)
+    VALUES (session_user, v_req.id, v_req.source, v_req.order_ref, 'request.retried', v_detail);
     PERFORM pg_notify('cdc_invoice', '');
-    RETURN v_id;
+    RETURN v_req.id;
 END $$;
 
 -- retry_failed(): every failed request (of one source) back in the queue. Returns the count.

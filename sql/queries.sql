@@ -92,10 +92,12 @@ UPDATE cdc_invoice.request
  WHERE id = ANY(%(ids)s) AND claimed_by = %(daemon_id)s;
 
 -- name: mark_failed
--- Parked with the reason and the fix (fenced, with its event).
+-- Parked with the reason and the fix (fenced, with its event). progress, when given, records
+-- which parts reached the platform under which order numbers (retry() keeps those numbers).
 WITH r AS (
     UPDATE cdc_invoice.request
        SET state = 'failed', claimed_by = NULL, lease_until = NULL,
+           progress = coalesce(%(progress)s, progress),
            last_error = %(error)s, error_code = %(code)s, hint = %(hint)s,
            updated_at = now(), done_at = now()
      WHERE id = %(id)s AND claimed_by = %(daemon_id)s AND attempt = %(attempt)s
@@ -125,7 +127,7 @@ WITH input AS (
         issued_at timestamptz, buyer_name text, buyer_tax_number text, buyer_email text,
         buyer_phone text, total_excl_tax numeric, total_tax numeric, total_incl_tax numeric,
         pdf_url text, ofd_url text, xml_url text, delivery_status text, paper_code text,
-        paper_number text, remark text, lines jsonb, event_detail jsonb)
+        paper_number text, remark text, seal_failed boolean, lines jsonb, event_detail jsonb)
 ), done AS (
     UPDATE cdc_invoice.request r
        SET state = 'done', claimed_by = NULL, lease_until = NULL, last_error = NULL,
@@ -138,12 +140,12 @@ WITH input AS (
             invoice_number, kind, invoice_line, original_invoice_id, platform_serial,
             platform_order_no, issued_at, buyer_name, buyer_tax_number, buyer_email, buyer_phone,
             total_excl_tax, total_tax, total_incl_tax, pdf_url, ofd_url, xml_url,
-            delivery_status, paper_code, paper_number, remark)
+            delivery_status, paper_code, paper_number, remark, seal_failed)
     SELECT i.request_id, i.part, i.source, i.order_ref, i.seller_id, i.invoice_number, i.kind,
            i.invoice_line, i.original_invoice_id, i.platform_serial, i.platform_order_no,
            i.issued_at, i.buyer_name, i.buyer_tax_number, i.buyer_email, i.buyer_phone,
            i.total_excl_tax, i.total_tax, i.total_incl_tax, i.pdf_url, i.ofd_url, i.xml_url,
-           i.delivery_status, i.paper_code, i.paper_number, i.remark
+           i.delivery_status, i.paper_code, i.paper_number, i.remark, coalesce(i.seal_failed, false)
       FROM input i JOIN done d ON d.id = i.request_id
     RETURNING id, request_id, part
 ), lines AS (
@@ -165,6 +167,13 @@ WITH input AS (
            jsonb_build_object('invoice_number', i.invoice_number, 'kind', i.kind)
            || coalesce(i.event_detail, '{}'::jsonb)
       FROM inv JOIN input i ON i.request_id = inv.request_id AND i.part = inv.part
+), seal AS (
+    -- Status 24: issued (it exists, it is recorded) but its seal failed: an alert for finance.
+    INSERT INTO cdc_invoice.event (actor, request_id, invoice_id, source, order_ref, event, detail)
+    SELECT %(daemon_id)s, i.request_id, inv.id, i.source, i.order_ref, 'invoice.seal_failed',
+           jsonb_build_object('invoice_number', i.invoice_number) || coalesce(i.event_detail, '{}'::jsonb)
+      FROM inv JOIN input i ON i.request_id = inv.request_id AND i.part = inv.part
+     WHERE i.seal_failed
 )
 SELECT id FROM done;
 
@@ -173,13 +182,13 @@ INSERT INTO cdc_invoice.invoice (request_id, part, source, order_ref, seller_id,
         kind, invoice_line, original_invoice_id, platform_serial, platform_order_no, issued_at,
         buyer_name, buyer_tax_number, buyer_email, buyer_phone, total_excl_tax, total_tax,
         total_incl_tax, pdf_url, ofd_url, xml_url, delivery_status, paper_code, paper_number,
-        remark)
+        remark, seal_failed)
 VALUES (%(request_id)s, %(part)s, %(source)s, %(order_ref)s, %(seller_id)s, %(invoice_number)s,
         %(kind)s, %(invoice_line)s, %(original_invoice_id)s, %(platform_serial)s,
         %(platform_order_no)s, %(issued_at)s, %(buyer_name)s, %(buyer_tax_number)s,
         %(buyer_email)s, %(buyer_phone)s, %(total_excl_tax)s, %(total_tax)s, %(total_incl_tax)s,
         %(pdf_url)s, %(ofd_url)s, %(xml_url)s, %(delivery_status)s, %(paper_code)s,
-        %(paper_number)s, %(remark)s)
+        %(paper_number)s, %(remark)s, coalesce(%(seal_failed)s, false))
 RETURNING id;
 
 -- name: insert_invoice_line
@@ -311,6 +320,26 @@ SELECT count(*) > 0 FROM cdc_invoice.request
  WHERE source = %(source)s AND order_ref = %(order_ref)s AND kind = 'issue'
    AND state IN ('pending', 'claimed', 'submitted');
 
+-- name: order_issue_requests
+-- A returned order's issue requests, locked: the reversal decides what becomes of each.
+SELECT id, state, attempt, claimed_by, error_code, progress FROM cdc_invoice.request
+ WHERE source = %(source)s AND order_ref = %(order_ref)s AND kind = 'issue'
+ ORDER BY id
+   FOR UPDATE;
+
+-- name: cancel_returned_issue
+-- The order was returned before anything of it reached the platform: its issue request ends.
+WITH r AS (
+    UPDATE cdc_invoice.request
+       SET state = 'cancelled', claimed_by = NULL, lease_until = NULL,
+           last_error = %(error)s, error_code = 'RETURNED', hint = %(hint)s,
+           updated_at = now(), done_at = now()
+     WHERE id = %(id)s AND state IN ('pending', 'failed')
+    RETURNING id, source, order_ref
+)
+INSERT INTO cdc_invoice.event (actor, request_id, source, order_ref, event, detail)
+SELECT %(daemon_id)s, r.id, r.source, r.order_ref, 'request.cancelled', %(detail)s FROM r;
+
 -- name: request_reversal
 SELECT cdc_invoice.request_reversal(%(invoice_number)s, %(reason)s);
 
@@ -341,8 +370,14 @@ RETURNING r.id, r.source, r.order_ref, r.kind, r.state, r.attempt, r.retries, r.
 SELECT tag FROM cdc_invoice.installation;
 
 -- name: request_by_order_no
+-- Any generation of the request's number: a split order's parts may carry different ones
+-- (only a refused part gets a new number), and the id is in the number (platform_order_no()).
 SELECT id, source, order_ref, kind, state FROM cdc_invoice.request
- WHERE platform_order_no = %(base)s;
+ WHERE platform_order_no = %(base)s
+    OR (id = CASE WHEN %(base)s ~ '^CI[0-9A-Z]{5}[0-9]{11}$' THEN right(%(base)s, 11)::bigint END
+        AND left(platform_order_no, 6) = left(%(base)s, 6))
+ ORDER BY platform_order_no = %(base)s DESC
+ LIMIT 1;
 
 -- name: local_invoices_of_day
 SELECT platform_order_no, invoice_number, buyer_name, total_incl_tax, source, order_ref, request_id

@@ -169,6 +169,7 @@ CREATE TABLE cdc_invoice.invoice (
     paper_code          text,     -- paper invoices (es/ec): 发票代码 and 8-digit number
     paper_number        text,
     remark              text,     -- 备注 as sent
+    seal_failed         boolean NOT NULL DEFAULT false,  -- status 24: issued, the seal failed
     UNIQUE (request_id, part),
     CHECK ((kind = 'red') = (original_invoice_id IS NOT NULL))
 );
@@ -301,4 +302,4 @@ CREATE INDEX invoice_file_fetch_open_idx ON cdc_invoice.invoice_file_fetch (stat
 
 INSERT INTO cdc_invoice.schema_version (version, description) VALUES (1, 'initial'), (2, 'reconciliation'),
     (3, 'document json'), (4, 'red invoice index'), (5, 'tamper evident'), (6, 'finance'),
-    (7, 'invoice files');
+    (7, 'invoice files'), (8, 'lifecycle');

@@ -96,8 +96,10 @@ def invoice_row(
     result: PlatformInvoice,
     original_invoice_id: int | None = None,
 ) -> dict[str, Any]:
-    """The cdc_invoice.invoice row (with its lines) for an issued draft."""
-    assert result.number is not None and result.issued_at is not None
+    """The cdc_invoice.invoice row (with its lines) for an issued draft. An answer without
+    number or issue time is not an issued invoice yet: the caller polls again (ValueError)."""
+    if result.number is None or result.issued_at is None:
+        raise ValueError(f"invoice {result.serial}: no number or issue time in the answer")
     return {
         "request_id": request_id,
         "part": draft.part,
@@ -125,6 +127,7 @@ def invoice_row(
         "paper_code": result.paper_code,
         "paper_number": result.paper_number,
         "remark": draft.remark,
+        "seal_failed": result.seal_failed,
         "lines": [
             {
                 "line_no": line.line_no,
@@ -143,7 +146,8 @@ def invoice_row(
             }
             for line in draft.lines
         ],
-        "event_detail": {"order_no": order_no, "serial": result.serial},
+        "event_detail": {"order_no": order_no, "serial": result.serial}
+        | ({"status": result.status_code, "seal_failed": True} if result.seal_failed else {}),
     }
 
 

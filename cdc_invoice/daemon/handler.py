@@ -2,6 +2,9 @@
 
 A claimed request ends in exactly one of: done (recorded), failed (parked with the reason and
 the fix), or put back with a backoff (retryable). All three are fenced by (claimed_by, attempt).
+Every request ends: retryable errors are capped by ``max_attempts`` (then the request fails with
+the last error), and an unexpected exception is caught per request (``_unexpected``), so one bad
+request never blocks its batch nor loops forever.
 """
 
 from __future__ import annotations
@@ -10,18 +13,44 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cdc_invoice.daemon.backoff import retry_delay
 from cdc_invoice.daemon.observe import NullObserver, Observer
 from cdc_invoice.db.repository import ClaimedRequest, DatabaseUnavailable, Fence, Repository
-from cdc_invoice.errors import CdcInvoiceError, InvalidOrder, OutcomeUnknown, Problem, ProviderError
+from cdc_invoice.errors import (
+    CdcInvoiceError,
+    InvalidOrder,
+    OutcomeUnknown,
+    Problem,
+    ProviderError,
+)
 from cdc_invoice.invoice.model import Seller
 from cdc_invoice.providers.base import Provider
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+DEFAULT_MAX_ATTEMPTS = 30  # [daemon] max_attempts: ~1.5 h of capped backoff at the defaults
+
+# The failure code when the platform may have acted and we do not know: never burns a number.
+OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
+OUTCOME_UNKNOWN_HINT = (
+    "the platform may have acted on this request: run `cdc-invoice reconcile --day <its day>` "
+    "(it adopts what the platform holds), then SELECT cdc_invoice.retry(<request id>), which "
+    "keeps the order number"
+)
+INTERNAL = "INTERNAL"
+INTERNAL_HINT = (
+    "an unexpected error (see the daemon log): report it; SELECT cdc_invoice.retry(<id>)"
+)
+# Kinds whose calls act on the platform: an unexpected error there leaves the outcome unknown.
+MUTATING_KINDS = frozenset({"issue", "reverse", "void"})
+
+
+class Unexpected(CdcInvoiceError):
+    """An unexpected error while handling a request (a bug, or an answer nobody foresaw)."""
 
 
 class SellerCache:
@@ -86,12 +115,14 @@ class Handler:
         result_poll_seconds: float = 0.5,
         max_backoff_seconds: float = 300.0,
         observer: Observer | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         self.repo = repo
         self.provider = provider
         self.sellers = sellers
         self.result_poll_seconds = result_poll_seconds
         self.max_backoff_seconds = max_backoff_seconds
+        self.max_attempts = max_attempts
         self.stats = Stats()
         self.observer: Observer = observer or NullObserver()
 
@@ -110,7 +141,13 @@ class Handler:
     # --- outcomes ----------------------------------------------------------------------------
 
     async def _fail(
-        self, req: ClaimedRequest, fence: Fence, error: str, code: str | None, hint: str | None
+        self,
+        req: ClaimedRequest,
+        fence: Fence,
+        error: str,
+        code: str | None,
+        hint: str | None,
+        progress: dict[str, Any] | None = None,
     ) -> None:
         self.stats.failed += 1
         self.observer.failed(req.kind, code)
@@ -127,11 +164,45 @@ class Handler:
                     "order_ref": req.order_ref,
                     "detail": {"error": error, "code": code},
                 },
+                progress=progress,
             )
         except DatabaseUnavailable as exc:
             log.warning("could not record the failure of request %s: %s", req.id, exc)
 
-    async def _retry(self, req: ClaimedRequest, fence: Fence, exc: CdcInvoiceError) -> None:
+    async def _unexpected(self, req: ClaimedRequest, fence: Fence, exc: BaseException) -> None:
+        """An exception nobody foresaw, for this request only: logged with its traceback and
+        retried like a retryable error (so capped by max_attempts)."""
+        log.error(
+            "request %s (%s %s %s): unexpected error",
+            req.id,
+            req.kind,
+            req.source,
+            req.order_ref,
+            exc_info=exc,
+        )
+        await self._retry(
+            req, fence, Unexpected(f"unexpected error: {type(exc).__name__}: {exc}"), internal=True
+        )
+
+    async def _retry(
+        self,
+        req: ClaimedRequest,
+        fence: Fence,
+        exc: CdcInvoiceError,
+        *,
+        capped: bool = True,
+        internal: bool = False,
+    ) -> None:
+        """Back off and try again, or, once ``max_attempts`` retries are spent, fail with the
+        last error. ``capped=False`` for waiting on another request that is itself capped.
+        Database outages are ours, not the request's: they never count toward the cap."""
+        if (
+            capped
+            and not isinstance(exc, DatabaseUnavailable)
+            and req.retries + 1 >= self.max_attempts
+        ):
+            await self._give_up(req, fence, exc, internal=internal)
+            return
         self.stats.retried += 1
         delay = retry_delay(req.retries, cap=self.max_backoff_seconds)
         code = getattr(exc, "code", None)
@@ -160,3 +231,28 @@ class Handler:
             )
         except DatabaseUnavailable as db_exc:
             log.warning("could not release request %s: %s (its lease will expire)", req.id, db_exc)
+
+    async def _give_up(
+        self, req: ClaimedRequest, fence: Fence, exc: CdcInvoiceError, *, internal: bool
+    ) -> None:
+        code: str | None = getattr(exc, "code", None)
+        hint = exc.hint
+        # Where the platform may have acted (a lost answer, a submitted request whose result we
+        # never got, a crash in the middle of a mutating call) the failure says so, and the fix
+        # is reconcile: never a new order number.
+        if (
+            isinstance(exc, OutcomeUnknown)
+            or req.state == "submitted"
+            or (internal and req.kind in MUTATING_KINDS)
+        ):
+            code, hint = OUTCOME_UNKNOWN, OUTCOME_UNKNOWN_HINT
+        elif internal:
+            code, hint = INTERNAL, INTERNAL_HINT
+        await self._fail(
+            req,
+            fence,
+            f"gave up after {req.retries + 1} attempts ([daemon] max_attempts = "
+            f"{self.max_attempts}); last error: {exc.message}",
+            code or "RETRY_LIMIT",
+            hint,
+        )

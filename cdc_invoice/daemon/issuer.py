@@ -6,7 +6,13 @@ Never two invoices for one order:
   * any attempt after the first asks the platform by order number first and adopts what it
     finds (after checking buyer and totals) instead of issuing again;
   * every completion is fenced by (claimed_by, attempt), and invoice numbers and order
-    numbers are unique in cdc_invoice.invoice.
+    numbers are unique in cdc_invoice.invoice;
+  * a split order's parts carry their own order numbers (``progress["parts"]``): a part that
+    reached the platform keeps its number for good; only a part the platform refused outright
+    gets a new one from retry() (docs/reliability.md, "Lifecycle rules");
+  * status 22 (开票失败) is re-issued under the same serial and order number (reInvoice, 开票重试
+    doc), at most REISSUE_LIMIT times per attempt; 24 (开票成功签章失败) is an issued invoice
+    (发票详情查询 doc): recorded at once with ``seal_failed``, never issued again.
 """
 
 from __future__ import annotations
@@ -24,7 +30,12 @@ from cdc_invoice.daemon.drafts import (
     mismatch,
     order_no,
 )
-from cdc_invoice.daemon.handler import Handler, SellerCache
+from cdc_invoice.daemon.handler import (
+    OUTCOME_UNKNOWN,
+    OUTCOME_UNKNOWN_HINT,
+    Handler,
+    SellerCache,
+)
 from cdc_invoice.db.repository import ClaimedRequest, DatabaseUnavailable, Fence
 from cdc_invoice.errors import (
     CdcInvoiceError,
@@ -47,19 +58,43 @@ __all__ = ["Issuer", "SellerCache"]  # SellerCache: for callers that built on th
 # source -> (buyers by customer_ref, item tax rows by item_ref)
 MappingsBySource = dict[str, tuple[dict[str, Buyer], dict[str, ItemTax]]]
 
-# Our codes for a request the platform accepted and then failed (status 22/24). retry() gives
-# an ISSUE_FAILED request a new order number (the old one is burned); a PARTIAL_ISSUE (some parts
-# of a split order issued) keeps its numbers, so that the issued parts are never issued again.
+# Our codes for a request the platform accepted and then failed (status 22, reInvoice spent).
+# Neither burns an order number: the invoice exists at the platform (failed) under it, and a
+# retry re-issues it there (reInvoice) instead of issuing a second one.
 ISSUE_FAILED = "ISSUE_FAILED"
-ISSUE_FAILED_HINT = "fix the cause shown, then SELECT cdc_invoice.retry(<request id>)"
+ISSUE_FAILED_HINT = (
+    "the platform failed the invoice (status 22) and re-issuing it (reInvoice) did not help: fix "
+    "the cause shown, then SELECT cdc_invoice.retry(<request id>) re-issues it under the same "
+    "order number"
+)
 PARTIAL_ISSUE = "PARTIAL_ISSUE"
 PARTIAL_HINT = (
-    "some parts were issued: check them with cdc-invoice reconcile; a retry keeps the order "
-    "numbers and cannot re-issue the failed part, so reverse the issued parts and re-ship the order"
+    "some parts of this split order reached the platform: a retry keeps their order numbers "
+    "(and adopts or re-issues them there) and gives a new number only to a part the platform "
+    "refused outright; fix the cause shown, then SELECT cdc_invoice.retry(<request id>)"
 )
+INCOMPLETE = "the platform says issued but gives no invoice number or issue time"
 
 # Platform codes that mean "that order number exists already": resolve by querying, never fail.
 ALREADY_EXISTS = {"E9106"}
+REINVOICE_LIMIT_CODE = "E9613"  # 开票重试 doc: 20 retries per serial
+REISSUE_LIMIT = 3  # reInvoice calls per part per attempt before the request fails
+MAX_INCOMPLETE_POLLS = 20  # "issued" answers without number/time before giving up
+
+
+class _PartsFailed(Exception):
+    """A part was refused outright, or failed and could not be re-issued: the request fails,
+    and what reached the platform is recorded (progress) so that a retry keeps it."""
+
+    def __init__(self, error: ProviderRejected, parts: list[dict[str, Any]], part: int) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.parts = parts
+        self.part = part
+
+
+def _reached(parts: Sequence[dict[str, Any]], but: int | None = None) -> list[int]:
+    return [int(p["part"]) for p in parts if p.get("state") != "refused" and int(p["part"]) != but]
 
 
 class Issuer(Handler):
@@ -91,11 +126,37 @@ class Issuer(Handler):
         claim batch's shared lookup (load_mappings), or None to look up this request's own."""
         fence = Fence(req.id, req.attempt)
         try:
+            await self._start(req, fence, mappings)
+        except Exception as exc:  # one bad request never takes its batch down, nor loops
+            await self._unexpected(req, fence, exc)
+
+    async def _start(
+        self, req: ClaimedRequest, fence: Fence, mappings: Awaitable[MappingsBySource] | None
+    ) -> None:
+        try:
             seller = await self.sellers.for_source(req.source)
             drafts = await self._compute(req, seller, mappings)
             parts = await self._submit(req, seller, drafts)
         except OrderError as exc:
             await self._fail(req, fence, str(exc), exc.code, _order_hint(exc))
+            return
+        except _PartsFailed as exc:
+            others = _reached(exc.parts, but=exc.part)
+            code: str | None = exc.error.code
+            hint = exc.error.hint
+            if others:
+                code, hint = PARTIAL_ISSUE, f"{PARTIAL_HINT} (platform: {exc.error.code})"
+            elif exc.error.code == REINVOICE_LIMIT_CODE or exc.error.code == ISSUE_FAILED:
+                code, hint = ISSUE_FAILED, ISSUE_FAILED_HINT
+            await self._fail(
+                req,
+                fence,
+                f"platform rejected order {req.order_ref!r} part {exc.part}: {exc.error.message}"
+                + (f" (part(s) {', '.join(map(str, others))} at the platform)" if others else ""),
+                code,
+                hint,
+                progress={"parts": exc.parts},
+            )
             return
         except ProviderRejected as exc:
             await self._fail(
@@ -161,9 +222,17 @@ class Issuer(Handler):
     async def _submit(
         self, req: ClaimedRequest, seller: Seller, drafts: Sequence[InvoiceDraft]
     ) -> list[dict[str, Any]]:
-        numbers = [order_no(req.platform_order_no, d.part) for d in drafts]
+        # A part that reached the platform keeps its order number (retry() renumbers only the
+        # parts the platform refused outright): the progress of earlier attempts wins.
+        prior = {int(p["part"]): p for p in (req.progress or {}).get("parts", [])}
+        numbers = [
+            str(prior[d.part]["order_no"])
+            if d.part in prior
+            else order_no(req.platform_order_no, d.part)
+            for d in drafts
+        ]
         found: dict[str, PlatformInvoice] = {}
-        if req.attempt > 1:
+        if req.attempt > 1 or prior:
             # A previous attempt may have reached the platform (lost response, killed worker).
             for i in range(0, len(numbers), self.provider.max_query_batch):
                 for inv in await self._timed(
@@ -174,7 +243,18 @@ class Issuer(Handler):
                 ):
                     found[inv.order_no] = inv
         parts: list[dict[str, Any]] = []
+
+        def failed(exc: ProviderRejected, entry: dict[str, Any]) -> _PartsFailed:
+            # What reached the platform, this attempt's and earlier ones' (never forgotten).
+            merged = {**prior, **{int(p["part"]): p for p in parts}, entry["part"]: entry}
+            return _PartsFailed(exc, [merged[k] for k in sorted(merged)], entry["part"])
+
         for draft, number in zip(drafts, numbers, strict=True):
+            entry: dict[str, Any] = {
+                "part": draft.part,
+                "order_no": number,
+                "draft": draft_to_json(draft),
+            }
             existing = found.get(number)
             if existing is not None:
                 why = mismatch(draft, existing)
@@ -190,23 +270,28 @@ class Issuer(Handler):
                         source=req.source,
                         order_ref=req.order_ref,
                     )
+                entry.update(serial=existing.serial, adopted=True, state="accepted")
                 if existing.status == "failed":
-                    partial = any(f.status == "issued" for f in found.values())
-                    raise ProviderRejected(
-                        f"the platform failed invoice {existing.serial}: {existing.fail_cause}",
-                        code=PARTIAL_ISSUE if partial else ISSUE_FAILED,
-                        hint=PARTIAL_HINT if partial else ISSUE_FAILED_HINT,
-                    )
+                    # 22: re-issue it there, same serial and order number (开票重试 doc).
+                    try:
+                        await self._timed(
+                            "reissue", self.provider.reissue(seller, existing.serial, number)
+                        )
+                    except ProviderRejected as exc:
+                        entry["state"] = "failed"
+                        raise failed(
+                            ProviderRejected(
+                                f"the platform failed invoice {existing.serial} "
+                                f"({existing.fail_cause or 'no cause given'}) and refused to "
+                                f"re-issue it: {exc.message}",
+                                code=exc.code,
+                                hint=exc.hint,
+                            ),
+                            entry,
+                        ) from exc
+                    entry["reissues"] = 1
                 self.stats.adopted += 1
-                parts.append(
-                    {
-                        "part": draft.part,
-                        "order_no": number,
-                        "serial": existing.serial,
-                        "adopted": True,
-                        "draft": draft_to_json(draft),
-                    }
-                )
+                parts.append(entry)
                 continue
             try:
                 accepted = await self._timed("issue", self.provider.issue(seller, draft, number))
@@ -216,17 +301,13 @@ class Issuer(Handler):
                     raise OutcomeUnknown(
                         f"order number {number} already at the platform", code=exc.code
                     ) from exc
-                raise
+                # Refused outright: nothing exists under this number; only this part may get
+                # a new one. The parts accepted before it are recorded with the failure.
+                entry.update(state="refused", code=exc.code)
+                raise failed(exc, entry) from exc
             self.stats.issued += 1
-            parts.append(
-                {
-                    "part": draft.part,
-                    "order_no": number,
-                    "serial": accepted.serial,
-                    "adopted": False,
-                    "draft": draft_to_json(draft),
-                }
-            )
+            entry.update(serial=accepted.serial, adopted=False, state="accepted")
+            parts.append(entry)
         return parts
 
     # --- submitted requests: poll in batches of up to max_query_batch serials ----------------
@@ -239,6 +320,9 @@ class Issuer(Handler):
                 seller = await self.sellers.for_source(req.source)
             except CdcInvoiceError as exc:
                 await self._retry(req, Fence(req.id, req.attempt), exc)
+                continue
+            except Exception as exc:
+                await self._unexpected(req, Fence(req.id, req.attempt), exc)
                 continue
             sellers[seller.seller_id] = seller
             by_seller[seller.seller_id].append(req)
@@ -272,59 +356,214 @@ class Issuer(Handler):
             for req in reqs:
                 await self._retry(req, Fence(req.id, req.attempt), exc)
             return
+        except Exception as exc:
+            for req in reqs:
+                await self._unexpected(req, Fence(req.id, req.attempt), exc)
+            return
         to_record: list[tuple[Fence, list[dict[str, Any]]]] = []
         still: list[Fence] = []
         for req in reqs:
             fence = Fence(req.id, req.attempt)
-            parts = (req.progress or {}).get("parts", [])
-            states = [results.get(p["serial"]) for p in parts]
-            if any(s is None or s.status == "issuing" for s in states):
-                still.append(fence)
-                continue
-            failed = [
-                (p, s) for p, s in zip(parts, states, strict=True) if s and s.status != "issued"
-            ]
-            if failed:
-                p, s = failed[0]
-                assert s is not None
-                partial = len(failed) < len(parts)
-                await self._fail(
-                    req,
-                    fence,
-                    f"the platform did not issue order {req.order_ref!r} part {p['part']} "
-                    f"({p['order_no']}): status {s.status_code} {s.fail_cause or ''}".strip(),
-                    PARTIAL_ISSUE if partial else ISSUE_FAILED,
-                    PARTIAL_HINT if partial else ISSUE_FAILED_HINT,
-                )
-                continue
-            rows = []
-            for p, state in zip(parts, states, strict=True):
-                assert state is not None
-                rows.append(
-                    invoice_row(
-                        request_id=req.id,
-                        seller=seller,
-                        draft=draft_from_json(p["draft"]),
-                        order_no=p["order_no"],
-                        result=state,
-                    )
-                )
-            to_record.append((fence, rows))
-        if to_record:
             try:
-                done = await self.repo.record_invoices(to_record)
-                self.stats.recorded += len(done)
-                now = datetime.now(UTC)
-                created = {r.id: r.created_at for r in reqs}
-                for rid in done:
-                    self.observer.recorded("issue", (now - created[rid]).total_seconds())
-            except DatabaseUnavailable as exc:
-                # Leases expire and the next holder polls and records again: nothing is lost.
-                log.warning("recording %d invoices failed: %s", len(to_record), exc)
+                outcome = await self._settle(req, fence, seller, results)
+            except (ProviderError, DatabaseUnavailable) as exc:
+                await self._retry(req, fence, exc)
+                continue
+            except Exception as exc:  # this request only: the others of the batch go on
+                await self._unexpected(req, fence, exc)
+                continue
+            if outcome == "still":
+                still.append(fence)
+            elif isinstance(outcome, list):
+                to_record.append((fence, outcome))
+        if to_record:
+            await self._record(reqs, to_record)
         try:
             await self.repo.release_poll(still, self.result_poll_seconds)
         except DatabaseUnavailable as exc:
             log.warning("releasing %d polled requests failed: %s", len(still), exc)
+
+    async def _record(
+        self,
+        reqs: Sequence[ClaimedRequest],
+        to_record: list[tuple[Fence, list[dict[str, Any]]]],
+    ) -> None:
+        """Record finished requests in one statement; should that fail for a reason other than
+        the database being away, record them one by one, so that the request at fault is
+        retried (and capped) on its own and the others are recorded."""
+        by_id = {r.id: r for r in reqs}
+        handled: set[int] = set()
+        try:
+            done = await self.repo.record_invoices(to_record)
+        except DatabaseUnavailable as exc:
+            # Leases expire and the next holder polls and records again: nothing is lost.
+            log.warning("recording %d invoices failed: %s", len(to_record), exc)
+            return
+        except Exception as exc:
+            if len(to_record) == 1:
+                fence = to_record[0][0]
+                await self._unexpected(by_id[fence.id], fence, exc)
+                return
+            done = []
+            for fence, rows in to_record:
+                try:
+                    done += await self.repo.record_invoices([(fence, rows)])
+                except DatabaseUnavailable as db_exc:
+                    handled.add(fence.id)
+                    log.warning("recording request %s failed: %s", fence.id, db_exc)
+                except Exception as one_exc:
+                    handled.add(fence.id)
+                    await self._unexpected(by_id[fence.id], fence, one_exc)
+        for fence, _ in to_record:
+            if fence.id not in done and fence.id not in handled:
+                # Not recorded and no database outage: its invoice or order number is recorded
+                # for another request already (the lease-lost case makes this a fenced no-op).
+                # Retried, so capped: it ends failed, never loops.
+                await self._retry(
+                    by_id[fence.id],
+                    fence,
+                    ProviderError(
+                        "its invoice could not be recorded: its invoice number or order number "
+                        "is recorded for another request (see the daemon log)",
+                        hint="compare with the platform: cdc-invoice reconcile",
+                    ),
+                )
+        self.stats.recorded += len(done)
+        now = datetime.now(UTC)
+        for rid in done:
+            self.observer.recorded("issue", (now - by_id[rid].created_at).total_seconds())
+        for fence, rows in to_record:
+            for row in rows:
+                if row["seal_failed"] and fence.id in done:
+                    # The alert: the invoice exists (recorded) but carries no valid seal.
+                    log.error(
+                        "invoice %s (order %s, request %s): issued but its seal failed "
+                        "(status 24); follow it up with the platform, it is never issued again",
+                        row["invoice_number"],
+                        row["order_ref"],
+                        fence.id,
+                    )
+
+    async def _settle(
+        self,
+        req: ClaimedRequest,
+        fence: Fence,
+        seller: Seller,
+        results: dict[str, PlatformInvoice],
+    ) -> str | list[dict[str, Any]] | None:
+        """One polled request: "still" (poll again), its invoice rows (record them), or None
+        (handled here: failed, re-issued or put back)."""
+        progress = dict(req.progress or {})
+        parts = [dict(p) for p in progress.get("parts", [])]
+        states = [results.get(p["serial"]) for p in parts]
+        if any(s is None or s.status == "issuing" for s in states):
+            return "still"
+        incomplete = [
+            p["part"]
+            for p, s in zip(parts, states, strict=True)
+            if s is not None and s.status == "issued" and (s.number is None or s.issued_at is None)
+        ]
+        if incomplete:
+            # Poll again, bounded: never crash on it, never record an invoice without a number.
+            polls = int(progress.get("incomplete_polls", 0)) + 1
+            if polls > MAX_INCOMPLETE_POLLS:
+                await self._fail(
+                    req,
+                    fence,
+                    f"{INCOMPLETE} for order {req.order_ref!r} part(s) "
+                    f"{', '.join(map(str, incomplete))}, {MAX_INCOMPLETE_POLLS} times",
+                    OUTCOME_UNKNOWN,
+                    OUTCOME_UNKNOWN_HINT,
+                )
+                return None
+            log.warning("request %s: %s (part(s) %s); asking again", req.id, INCOMPLETE, incomplete)
+            progress["incomplete_polls"] = polls
+            await self.repo.update_progress(fence, progress, self.result_poll_seconds)
+            return None
+        failed = [(p, s) for p, s in zip(parts, states, strict=True) if s and s.status == "failed"]
+        if failed:
+            await self._reissue(req, fence, seller, progress, parts, failed)
+            return None
+        gone = [(p, s) for p, s in zip(parts, states, strict=True) if s and s.status != "issued"]
+        if gone:
+            p, s = gone[0]
+            await self._fail(
+                req,
+                fence,
+                f"invoice {s.serial} of order {req.order_ref!r} part {p['part']} is "
+                f"{s.status} ({s.status_code}) at the platform before we recorded it",
+                OUTCOME_UNKNOWN,
+                OUTCOME_UNKNOWN_HINT,
+            )
+            return None
+        rows = []
+        for p, state in zip(parts, states, strict=True):
+            assert state is not None  # checked above: every part has an answer
+            rows.append(
+                invoice_row(
+                    request_id=req.id,
+                    seller=seller,
+                    draft=draft_from_json(p["draft"]),
+                    order_no=p["order_no"],
+                    result=state,
+                )
+            )
+        return rows
+
+    async def _reissue(
+        self,
+        req: ClaimedRequest,
+        fence: Fence,
+        seller: Seller,
+        progress: dict[str, Any],
+        parts: list[dict[str, Any]],
+        failed: Sequence[tuple[dict[str, Any], PlatformInvoice]],
+    ) -> None:
+        """Status 22: reInvoice each failed part under its serial and order number (开票重试
+        doc) and poll again; after REISSUE_LIMIT calls (or the platform's E9613) fail the request,
+        keeping every number: the invoice exists there, failed, and is never issued anew."""
+        for p, s in failed:
+            done = int(p.get("reissues", 0))
+            refusal: ProviderRejected | None = None
+            if done < REISSUE_LIMIT:
+                try:
+                    await self._timed(
+                        "reissue", self.provider.reissue(seller, s.serial, p["order_no"])
+                    )
+                except ProviderRejected as exc:
+                    refusal = exc
+            if done >= REISSUE_LIMIT or (refusal and refusal.code == REINVOICE_LIMIT_CODE):
+                p["state"] = "failed"
+                others = [int(q["part"]) for q in parts if q is not p]
+                partial = bool(others)
+                why = f"; reInvoice: {refusal.message}" if refusal else ""
+                await self._fail(
+                    req,
+                    fence,
+                    f"the platform did not issue order {req.order_ref!r} part {p['part']} "
+                    f"({p['order_no']}): status {s.status_code} {s.fail_cause or ''}".strip()
+                    + f" after {done} re-issue(s){why}",
+                    PARTIAL_ISSUE if partial else ISSUE_FAILED,
+                    PARTIAL_HINT if partial else ISSUE_FAILED_HINT,
+                    progress={**progress, "parts": parts},
+                )
+                return
+            # Accepted, or refused for another reason (e.g. "发票已生成": it was issued in the
+            # meantime): poll again; the count bounds it either way.
+            p["reissues"] = done + 1
+            log.info(
+                "request %s part %s: status %s (%s); re-issued under %s (%d/%d)",
+                req.id,
+                p["part"],
+                s.status_code,
+                s.fail_cause or "no cause given",
+                p["order_no"],
+                done + 1,
+                REISSUE_LIMIT,
+            )
+        await self.repo.update_progress(
+            fence, {**progress, "parts": parts}, self.result_poll_seconds
+        )
 
 
 def _order_hint(exc: OrderError) -> str | None:

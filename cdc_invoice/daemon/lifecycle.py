@@ -6,6 +6,12 @@ Red-letter reversal of a 数电 invoice goes through a confirmation slip (红字
   invoice -> record it with its blue, whose status becomes partially_reversed or reversed.
 A slip that needs the buyer's confirmation waits (cdc_invoice.pending_red_slips) and expires
 after 72 hours. As for issuing, any attempt after the first asks the platform before acting.
+
+A whole-order reversal (attach's reverse_when) settles the order's issue requests first
+(Repository.expand_order_reversal): one never sent is cancelled, one in flight is waited for,
+one failed with parts at the platform refuses the reversal with the fix; a returned order nets
+to zero (docs/reliability.md, "Lifecycle rules"). Every request ends: unexpected errors are
+caught per request and retries are capped by ``max_attempts`` (handler.py).
 """
 
 from __future__ import annotations
@@ -55,13 +61,15 @@ class Lifecycle(Handler):
             hint = exc.hint
             if isinstance(exc, OrderError):
                 hint = "; ".join(p.fix for p in exc.problems if p.fix) or hint
-            await self._fail(req, fence, str(exc), getattr(exc, "code", None), hint)
+            await self._fail(req, fence, str(exc), _code(exc), hint)
         except ProviderRejected as exc:
             await self._fail(
                 req, fence, f"platform refused {req.kind}: {exc.message}", exc.code, exc.hint
             )
         except (ProviderError, DatabaseUnavailable) as exc:
             await self._retry(req, fence, exc)
+        except Exception as exc:  # this request only: never the batch, never forever
+            await self._unexpected(req, fence, exc)
 
     async def poll(self, reqs: list[ClaimedRequest]) -> None:
         for req in reqs:
@@ -72,13 +80,15 @@ class Lifecycle(Handler):
                 elif req.kind == "void":
                     await self._poll_void(req, fence)
             except (OrderError, RequestRefused) as exc:
-                await self._fail(req, fence, str(exc), getattr(exc, "code", None), exc.hint)
+                await self._fail(req, fence, str(exc), _code(exc), exc.hint)
             except ProviderRejected as exc:
                 await self._fail(
                     req, fence, f"platform refused {req.kind}: {exc.message}", exc.code, exc.hint
                 )
             except (ProviderError, DatabaseUnavailable) as exc:
                 await self._retry(req, fence, exc)
+            except Exception as exc:  # this request only: the others of the batch go on
+                await self._unexpected(req, fence, exc)
 
     # --- shared ----------------------------------------------------------------------------
 
@@ -111,12 +121,14 @@ class Lifecycle(Handler):
                 fence, req.source, req.order_ref, reason
             )
             if numbers is None:
+                # Not capped: the issue request it waits for is (max_attempts), so this ends.
                 await self._retry(
                     req,
                     fence,
                     ProviderError(
                         f"order {req.order_ref!r} is still being invoiced; its reversal waits"
                     ),
+                    capped=False,
                 )
             return
         inv, seller, ref = await self._invoice(req)
@@ -319,9 +331,21 @@ class Lifecycle(Handler):
     async def _deliver(self, req: ClaimedRequest, fence: Fence) -> None:
         inv, seller, ref = await self._invoice(req)
         params = req.params or {}
-        await self._timed(
-            "deliver", self.provider.deliver(seller, ref, params.get("email"), params.get("phone"))
-        )
+        try:
+            await self._timed(
+                "deliver",
+                self.provider.deliver(seller, ref, params.get("email"), params.get("phone")),
+            )
+        except ValueError as exc:  # what was asked cannot be sent (e.g. not a mobile number)
+            raise InvalidOrder(
+                [
+                    Problem(
+                        f"cannot deliver invoice {ref.number}: {exc}",
+                        fix=f"SELECT cdc_invoice.request_delivery('{ref.number}', "
+                        "'<email>', '<11-digit mobile number or NULL>')",
+                    )
+                ]
+            ) from exc
         await self.repo.finish(
             fence,
             [("set_delivery_status", {"id": inv["id"], "status": "sent"})],
@@ -366,6 +390,11 @@ class Lifecycle(Handler):
                 "detail": {"status": p.status_code},
             },
         )
+
+
+def _code(exc: OrderError | RequestRefused) -> str | None:
+    """The failure code: an order error's own, or the SQLSTATE-like code of a refusal."""
+    return getattr(exc, "code", None) or getattr(exc, "sqlstate", None)
 
 
 def _red_draft(inv: dict[str, Any], lines: list[InvoiceLine]) -> InvoiceDraft:

@@ -120,6 +120,7 @@ async def run(
         result_poll_seconds=d.result_poll_seconds,
         max_backoff_seconds=d.max_backoff_seconds,
         observer=observer,
+        max_attempts=d.max_attempts,
     )
     worker = Worker(
         repo,
@@ -334,6 +335,7 @@ RELOADABLE = (
     "daemon.lease_seconds",
     "daemon.result_poll_seconds",
     "daemon.max_backoff_seconds",
+    "daemon.max_attempts",
     "daemon.shutdown_grace_seconds",
     "daemon.log_format",
     "daemon.log_level",
@@ -368,6 +370,7 @@ def apply_reload(
     for handler in (issuer, worker.lifecycle):
         handler.result_poll_seconds = d.result_poll_seconds
         handler.max_backoff_seconds = d.max_backoff_seconds
+        handler.max_attempts = d.max_attempts
     applied = [k for k in changed if k in RELOADABLE]
     restart = [k for k in changed if k not in RELOADABLE]
     log.info(

@@ -46,6 +46,7 @@ class Worker:
             result_poll_seconds=issuer.result_poll_seconds,
             max_backoff_seconds=issuer.max_backoff_seconds,
             observer=issuer.observer,
+            max_attempts=issuer.max_attempts,
         )
         self.kinds = ("issue", *LIFECYCLE_KINDS)
         self.wake = wake

@@ -77,6 +77,12 @@ def refused(exc: psycopg.Error) -> CdcInvoiceError:
     raise exc
 
 
+def _parts_at_platform(progress: dict[str, Any] | None) -> list[int]:
+    """Parts of an issue request that reached the platform (any state but refused outright)."""
+    parts = (progress or {}).get("parts") or []
+    return [int(p["part"]) for p in parts if p.get("state", "accepted") != "refused"]
+
+
 @dataclass(slots=True)
 class ClaimedRequest:
     id: int
@@ -276,9 +282,22 @@ class Repository:
                 )
 
     async def mark_failed(
-        self, fence: Fence, error: str, code: str | None, hint: str | None, event: dict[str, Any]
+        self,
+        fence: Fence,
+        error: str,
+        code: str | None,
+        hint: str | None,
+        event: dict[str, Any],
+        progress: dict[str, Any] | None = None,
     ) -> bool:
-        params = {"error": error, "code": code, "hint": hint}
+        """Park the request as failed; ``progress`` (when given) replaces what it recorded
+        about the platform, e.g. which parts of a split order reached it."""
+        params = {
+            "error": error,
+            "code": code,
+            "hint": hint,
+            "progress": Jsonb(progress) if progress is not None else None,
+        }
         return await self._fenced("mark_failed", fence, params, event)
 
     async def record_invoices(
@@ -338,6 +357,7 @@ class Repository:
         self, conn: psycopg.AsyncConnection[Any], fence: Fence, original: dict[str, Any]
     ) -> int:
         inv = {"remark": None, **original}  # a copy: the caller may retry the batch
+        inv.setdefault("seal_failed", False)
         lines = inv.pop("lines")
         event_detail = inv.pop("event_detail", {})
         row = await (await conn.execute(q("insert_invoice"), inv)).fetchone()
@@ -435,18 +455,53 @@ class Repository:
     ) -> list[str] | None:
         """A whole-order reversal (attach's reverse_when) becomes one request per blue invoice.
 
-        None while the order's issue request is unfinished (try again later)."""
+        What becomes of the order's issue requests (docs/reliability.md, "Lifecycle rules"):
+        one still in the queue that never went out (pending, never claimed) or failed with
+        nothing at the platform is cancelled, with an event; one in flight makes the reversal
+        wait (None: try again later) and its invoices are reversed once recorded; one that failed
+        with parts at the platform refuses the reversal (RequestRefused): those parts must be
+        settled first, or they could never be reversed.
+        """
         async with self.connection() as conn, conn.transaction():
             keys = {"source": source, "order_ref": order_ref}
-            busy = await (await conn.execute(q("order_issue_unfinished"), keys)).fetchone()
-            if busy and busy[0]:
-                return None
+            issues = await (await conn.execute(q("order_issue_requests"), keys)).fetchall()
+            cancel: list[int] = []
+            for rid, state, attempt, claimed_by, _code, progress in issues:
+                if state == "pending" and attempt == 0 and claimed_by is None:
+                    cancel.append(int(rid))
+                elif state in ("pending", "claimed", "submitted"):
+                    return None
+                elif state == "failed":
+                    reached = _parts_at_platform(progress)
+                    if reached:
+                        raise RequestRefused(
+                            f"order {order_ref!r} was returned while its issue request {rid} "
+                            f"is failed with part(s) {', '.join(map(str, reached))} at the "
+                            "platform; they must be recorded before they can be reversed",
+                            hint=f"SELECT cdc_invoice.retry({rid}) (it keeps their order "
+                            "numbers and records them), then SELECT cdc_invoice.retry("
+                            f"{fence.id}) to reverse the order",
+                            sqlstate="ISSUE_UNSETTLED",
+                        )
+                    cancel.append(int(rid))
             numbers = [
                 str(r[0])
                 for r in await (await conn.execute(q("order_blue_invoices"), keys)).fetchall()
             ]
             if not await self._mark_done(conn, fence):
                 return []
+            for rid in cancel:
+                await conn.execute(
+                    q("cancel_returned_issue"),
+                    {
+                        "id": rid,
+                        "daemon_id": self.daemon_id,
+                        "error": f"order returned (reversal request {fence.id}) before it was "
+                        "invoiced: nothing reached the platform, nothing to reverse",
+                        "hint": "nothing to do: a returned order is not invoiced",
+                        "detail": Jsonb({"reason": "returned", "reversal_request": fence.id}),
+                    },
+                )
             for number in numbers:
                 try:
                     await conn.execute(
@@ -460,7 +515,7 @@ class Repository:
                 source=source,
                 order_ref=order_ref,
                 event="reverse.expanded",
-                detail={"invoices": numbers},
+                detail={"invoices": numbers, "cancelled_issue_requests": cancel},
             )
             return numbers
 

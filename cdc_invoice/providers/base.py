@@ -15,7 +15,9 @@ from typing import Literal, Protocol
 from cdc_invoice.invoice.model import InvoiceDraft, InvoiceLine, Seller
 
 # Normalised platform invoice states (Nuonuo codes in brackets):
-#   issuing [20, 21]  issued [2]  failed [22, 24]  voiding [31]  voided [3]
+#   issuing [20, 21]  issued [2, 24]  failed [22]  voiding [31]  voided [3]
+# 24 (开票成功签章失败) is an issued invoice whose seal failed: it exists at the bureau
+# (发票详情查询 doc), so it is "issued" with ``seal_failed`` set, never "failed".
 PlatformStatus = Literal["issuing", "issued", "failed", "voiding", "voided"]
 
 
@@ -63,6 +65,7 @@ class PlatformInvoice:
     paper_code: str | None = None  # 发票代码 of a paper invoice (es/ec); void and delivery need it
     paper_number: str | None = None  # its 8-digit paper number
     original_number: str | None = None  # a red invoice's blue invoice number
+    seal_failed: bool = False  # status 24: issued (it exists), the electronic seal failed
     lines: tuple[PlatformLine, ...] = field(default_factory=tuple)
 
 
@@ -106,6 +109,12 @@ class Provider(Protocol):
 
     async def issue(self, seller: Seller, draft: InvoiceDraft, order_no: str) -> IssueAccepted:
         """Submit a blue invoice under the idempotency key ``order_no``."""
+        ...
+
+    async def reissue(self, seller: Seller, serial: str, order_no: str) -> IssueAccepted:
+        """Ask the platform to issue a failed invoice (status 22) again under the SAME serial
+        and order number (nuonuo.OpeMplatform.reInvoice, 开票重试 doc); poll it by serial.
+        Refused with ProviderRejected, e.g. E9613 after 20 retries of one serial."""
         ...
 
     async def query_by_serials(

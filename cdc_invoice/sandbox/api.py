@@ -22,6 +22,7 @@ from cdc_invoice.sandbox.model import (
     FAILED,
     ISSUED,
     PENDING,
+    SIGN_FAILED,
     VOIDED,
     Invoice,
     Rejection,
@@ -120,6 +121,7 @@ class Platform:
             checked,
             delay_s=self.config.issue_delay_ms / 1000,
             injected_fail=self.faults.issue_failure(self.config),
+            sign_fail=self.faults.sign_failure(self.config),
         )
         return envelope(codes.OK, "开票提交成功", {"invoiceSerialNum": invoice.serial})
 
@@ -166,6 +168,11 @@ class Platform:
 
     # -- reInvoice ------------------------------------------------------------------------------
     def re_invoice(self, caller: Caller, body: Any) -> Envelope:
+        """开票重试 doc (ourworldcn/PowerLms 诺诺网接口/数电发票/2.…开票重试接口…): a failed invoice
+        is issued again under the same serial and order number; an issued one (2, and 24, which
+        exists) answers "发票已生成，无需再重试开票", one in progress "开票中（重试中）"; E9613
+        after 20 retries. ASSUMPTION: the codes of the two refusals are undocumented; we answer
+        E9100 (docs/platform-assumptions.md)."""
         if not isinstance(body, dict):
             return envelope(codes.MALFORMED, "请求报文必须是JSON对象")
         seller = self.seller_of(caller)
@@ -177,8 +184,10 @@ class Platform:
         )
         if invoice is None or invoice.seller_tax != seller:
             return envelope(codes.NOT_FOUND, "发票不存在")
+        if invoice.status in (ISSUED, SIGN_FAILED, VOIDED):
+            return envelope(codes.MALFORMED, "发票已生成，无需再重试开票")
         if invoice.status != FAILED:
-            return envelope(codes.MALFORMED, "只有开票失败(22)的发票可以重试")
+            return envelope(codes.MALFORMED, "开票中（重试中），请耐心等待开票结果")
         if invoice.retries >= RETRY_LIMIT:
             return envelope("E9613", f"同一流水号最多重试{RETRY_LIMIT}次")
         now = self.clock.now()
@@ -191,6 +200,7 @@ class Platform:
         invoice.deferred_fail = invoice_tax_failure(invoice.lines) or self.faults.issue_failure(
             self.config
         )
+        invoice.sign_fail = self.faults.sign_failure(self.config)
         self.lifecycle.enqueue(invoice)
         return envelope(codes.OK, "重试提交成功", {"invoiceSerialNum": invoice.serial})
 

@@ -39,8 +39,10 @@ base URL and credentials:
 It is strict: it verifies X-Nuonuo-Sign over the exact body, the timestamp (±300 s) and
 the token; rejects duplicate order numbers (E9106), line tax errors over 0.06 (E9131),
 ex + tax != incl (E9130), bad discount pairs, missing codes; fails invoices whose total tax
-is off by more than 1.27 or that exceed the monthly quota (status 22); issues 20-digit
-数电 numbers after --issue-delay-ms (status 20 -> 21 -> 2). State lives in --state and
+is off by more than 1.27 or that exceed the monthly quota (status 22; reInvoice retries a
+22 under the same serial, E9613 after 20: 开票重试 doc); issues 20-digit 数电 numbers after
+--issue-delay-ms (status 20 -> 21 -> 2, or 24 issued-but-seal-failed with
+--fault-sign-failed: 发票详情查询 doc). State lives in --state and
 survives restarts. Test helpers live under /_sandbox/ (invoices, stats, config, clock).
 
 \b
@@ -164,7 +166,15 @@ def _quota(_ctx: click.Context, _param: click.Parameter, value: str) -> Decimal:
     type=_rate,
     default=0.0,
     show_default=True,
-    help="Share of accepted invoices that end in status 22.",
+    help="Share of accepted invoices that end in status 22 (开票失败; reInvoice retries them).",
+)
+@click.option(
+    "--fault-sign-failed",
+    type=_rate,
+    default=0.0,
+    show_default=True,
+    help="Share of invoices that end in status 24 (开票成功签章失败): issued, with number and "
+    "date, the seal failed (发票详情查询 doc).",
 )
 @click.option(
     "--monthly-quota",
@@ -219,6 +229,7 @@ def sandbox(
     fault_lost_response: float,
     fault_garbage: float,
     fault_issue_fail: float,
+    fault_sign_failed: float,
     monthly_quota: Decimal,
     token_ttl_s: int,
     token_limit: int,
@@ -238,6 +249,7 @@ def sandbox(
         fault_lost_response=fault_lost_response,
         fault_garbage=fault_garbage,
         fault_issue_fail=fault_issue_fail,
+        fault_sign_failed=fault_sign_failed,
         monthly_quota=monthly_quota,
     )
     try:

@@ -9,6 +9,9 @@ probabilities of each fault (they must add up to ≤ 1):
                      dropped without an answer — the "outcome unknown" case
 - ``garbage``        HTTP 200 with a body that is not JSON; not acted on
 
+Invoice-level faults (their own RNG streams): ``fault_issue_fail`` ends an accepted invoice in
+22 (开票失败), ``fault_sign_failed`` in 24 (开票成功签章失败: issued, number and date, seal failed).
+
 The token endpoint is never faulted: the 50-per-30-days token quota would make a chaos run burn
 through it for no insight.
 """
@@ -39,6 +42,7 @@ class FaultInjector:
     def __init__(self, seed: int) -> None:
         self._gateway = random.Random(seed)
         self._issue = random.Random(seed + 1)  # separate stream: issue failures don't shift it
+        self._sign = random.Random(seed + 2)  # and seal failures shift neither
         self.injected: Counter[str] = Counter()
 
     def decide(self, config: RuntimeConfig) -> Fault | None:
@@ -61,4 +65,12 @@ class FaultInjector:
         if config.fault_issue_fail and self._issue.random() < config.fault_issue_fail:
             self.injected["issue_fail"] += 1
             return "沙箱注入的开票失败(税局返回未知异常)"
+        return None
+
+    def sign_failure(self, config: RuntimeConfig) -> str | None:
+        """A seal failure cause for an invoice that will be issued, or None (rate
+        ``fault_sign_failed``): it ends in status 24 with its number and date."""
+        if config.fault_sign_failed and self._sign.random() < config.fault_sign_failed:
+            self.injected["sign_failed"] += 1
+            return "沙箱注入的签章失败(发票已开具,电子签章失败)"
         return None

@@ -1,4 +1,5 @@
-"""The asynchronous issue lifecycle: 20 开票中 → 21 签章中 → 2 开票完成 (or 22 开票失败).
+"""The asynchronous issue lifecycle: 20 开票中 → 21 签章中 → 2 开票完成 (or 22 开票失败, or 24
+开票成功签章失败: issued with number and date, the seal failed — 发票详情查询 doc).
 
 An accepted request is stored as status 20 with a due time (submission + issue delay, fixed at
 submission so a runtime config change does not move invoices already in flight). During the first
@@ -16,7 +17,14 @@ from collections import defaultdict
 from decimal import Decimal
 
 from cdc_invoice.sandbox import numbers
-from cdc_invoice.sandbox.model import FAILED, ISSUED, PENDING, AcceptedOrder, Invoice
+from cdc_invoice.sandbox.model import (
+    FAILED,
+    ISSUED,
+    PENDING,
+    SIGN_FAILED,
+    AcceptedOrder,
+    Invoice,
+)
 from cdc_invoice.sandbox.options import RuntimeConfig
 from cdc_invoice.sandbox.store import Store
 
@@ -52,11 +60,16 @@ class Lifecycle:
         for invoice in store.invoices.values():
             if invoice.status == PENDING:
                 self._schedule(invoice)
-            elif invoice.status == ISSUED and invoice.issued_at is not None:
+            elif invoice.status in (ISSUED, SIGN_FAILED) and invoice.issued_at is not None:
                 self._use_quota(invoice)
 
     def submit(
-        self, order: AcceptedOrder, *, delay_s: float, injected_fail: str | None = None
+        self,
+        order: AcceptedOrder,
+        *,
+        delay_s: float,
+        injected_fail: str | None = None,
+        sign_fail: str | None = None,
     ) -> Invoice:
         now = self._clock.now()
         invoice = Invoice(
@@ -72,6 +85,7 @@ class Lifecycle:
             submitted_at=now,
             due_at=now + max(delay_s, 0.0),
             deferred_fail=order.deferred_fail or injected_fail,
+            sign_fail=sign_fail,
             extra=dict(order.extra),
         )
         self.enqueue(invoice)
@@ -133,6 +147,9 @@ class Lifecycle:
                 invoice.paper_no = numbers.paper_number(self._store.next_counter("paper_seq"))
             invoice.issued_at = at
             invoice.status = ISSUED
+            if invoice.sign_fail:  # issued all the same: number, date and quota are used
+                invoice.status = SIGN_FAILED
+                invoice.fail_cause = invoice.sign_fail
             self._use_quota(invoice)
         self._store.save_invoice(invoice)
 

@@ -16,6 +16,8 @@ ELECTRONIC_LINES = frozenset({"pc", "bs"})
 PENDING = "20"  # stored status while issuing; 21 is derived from the clock (lifecycle.py)
 ISSUED = "2"
 FAILED = "22"
+# 开票成功签章失败: the invoice exists (number, date) but its seal failed (发票详情查询 doc).
+SIGN_FAILED = "24"
 VOIDED = "3"
 
 Kind = Literal["blue", "red"]
@@ -105,6 +107,7 @@ class Invoice:
     bill_no: str = ""  # red: the confirmation slip that produced it
     red_reason: str = ""
     retries: int = 0  # reInvoice calls (E9613 after 20)
+    sign_fail: str | None = None  # injected: ends in 24 (issued, seal failed) with this cause
     deliveries: list[dict[str, str]] = field(default_factory=list)
     extra: dict[str, str] = field(default_factory=dict)
 

@@ -26,6 +26,7 @@ class RuntimeConfig:
     fault_lost_response: float = 0.0
     fault_garbage: float = 0.0
     fault_issue_fail: float = 0.0  # accepted, then status 22 "injected failure"
+    fault_sign_failed: float = 0.0  # issued (number, date), then status 24 签章失败
     timeout_fault_s: float = 60.0  # how long a "timeout" fault stalls: longer than any client
     monthly_quota: Decimal = DEFAULT_MONTHLY_QUOTA
     red_requires_confirmation: bool = False  # blue "used" by the buyer: slips wait for 04
@@ -33,7 +34,7 @@ class RuntimeConfig:
     _RATES = ("fault_5xx", "fault_timeout", "fault_lost_response", "fault_garbage")
 
     def validate(self) -> None:
-        for name in (*self._RATES, "fault_issue_fail"):
+        for name in (*self._RATES, "fault_issue_fail", "fault_sign_failed"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")

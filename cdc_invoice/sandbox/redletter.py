@@ -23,7 +23,15 @@ from cdc_invoice.sandbox import codes, numbers
 from cdc_invoice.sandbox.auth import Caller
 from cdc_invoice.sandbox.fields import money, quantity_text, text
 from cdc_invoice.sandbox.lifecycle import Clock, Lifecycle
-from cdc_invoice.sandbox.model import ELECTRONIC_LINES, ISSUED, Invoice, Line, RedSlip, Rejection
+from cdc_invoice.sandbox.model import (
+    ELECTRONIC_LINES,
+    ISSUED,
+    SIGN_FAILED,
+    Invoice,
+    Line,
+    RedSlip,
+    Rejection,
+)
 from cdc_invoice.sandbox.options import RuntimeConfig
 from cdc_invoice.sandbox.redrules import (
     LIVE_SLIP_STATUSES,
@@ -180,7 +188,8 @@ class RedLetter:
         blue = self._store.invoice_by_number(text(body, "blueElecInvoiceNumber"))
         if blue is None or blue.seller_tax != seller or blue.kind != "blue":
             return _env(codes.RED_INVALID, "蓝字数电发票不存在")
-        if blue.status != ISSUED:
+        # ASSUMPTION: a 24 (issued, seal failed) exists and can be reversed like a 2.
+        if blue.status not in (ISSUED, SIGN_FAILED):
             return _env(codes.RED_INVALID, f"蓝字发票状态[{blue.status}]不能冲红")
         if text(body, "blueInvoiceLine") != blue.invoice_line:
             return _env(codes.RED_INVALID, f"blueInvoiceLine与蓝票票种[{blue.invoice_line}]不一致")

@@ -15,7 +15,7 @@ from typing import Any
 
 from cdc_invoice.sandbox import codes, numbers
 from cdc_invoice.sandbox.fields import money, order_time
-from cdc_invoice.sandbox.model import FAILED, ISSUED, VOIDED, Invoice, Line
+from cdc_invoice.sandbox.model import FAILED, ISSUED, SIGN_FAILED, VOIDED, Invoice, Line
 
 _EIGHTEEN_PLACES = Decimal(10) ** -18
 
@@ -44,7 +44,7 @@ def query_item(invoice: Invoice, status: str, base_url: str, *, detail: bool) ->
         "orderNo": invoice.order_no,
         "status": status,
         "statusMsg": codes.STATUS_MESSAGES.get(status, ""),
-        "failCause": invoice.fail_cause if status == FAILED else "",
+        "failCause": invoice.fail_cause if status in (FAILED, SIGN_FAILED) else "",
         "invoiceCode": "",
         "invoiceNo": "",
         "allElectronicInvoiceNumber": "",
@@ -90,7 +90,8 @@ def query_item(invoice: Invoice, status: str, base_url: str, *, detail: bool) ->
     order_time = _order_time_ms(x.get("invoiceDate", ""))
     if order_time is not None:
         item["invoiceDate"] = order_time
-    if status in (ISSUED, VOIDED) and invoice.issued_at is not None:
+    # 24 (签章失败) exists like 2: it has its number and issue time (发票详情查询 doc).
+    if status in (ISSUED, SIGN_FAILED, VOIDED) and invoice.issued_at is not None:
         electronic = not invoice.paper_no
         item.update(
             invoiceTime=_ms(invoice.issued_at),
@@ -112,6 +113,12 @@ def query_item(invoice: Invoice, status: str, base_url: str, *, detail: bool) ->
             item["emailNotifyStatus"] = "1"
         if invoice.buyer.phone:
             item["phoneNotifyStatus"] = "1"
+        if status == SIGN_FAILED:
+            # ASSUMPTION (docs/platform-assumptions.md L4): no sealed file exists yet, so none
+            # is offered or sent.
+            for key in ("pdfUrl", "ofdUrl", "xmlUrl", "pictureUrl", "imgUrls"):
+                del item[key]
+            item["emailNotifyStatus"] = item["phoneNotifyStatus"] = "4"
     if status == VOIDED and invoice.voided_at is not None:
         item.update(invalidTime=str(int(invoice.voided_at)), invalidSource="2")
     if detail:

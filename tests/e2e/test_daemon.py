@@ -227,26 +227,68 @@ def test_sigterm_drains_and_exits_cleanly(
     assert "stopped: issued 5" in daemon.output()
 
 
-def test_platform_failure_is_parked_and_a_retry_issues_under_a_new_number(
+def test_platform_failure_is_reissued_under_the_same_number_never_a_new_one(
     shop_dsn: str, sandbox: harness.Sandbox, start_daemon: StartDaemon
 ) -> None:
+    """Status 22 (开票失败): the daemon re-issues it with reInvoice, same serial and order
+    number (开票重试 doc); while it keeps failing the request is parked ISSUE_FAILED, and the
+    operator's retry re-issues it again under that number. One invoice at the platform, ever."""
     sandbox.configure(fault_issue_fail=1.0)  # accepted, then status 22 (e.g. quota exhausted)
-    start_daemon(shop_dsn, sandbox)
+    start_daemon(shop_dsn, sandbox, result_poll_seconds=0.1)
     [order] = demo.ship_orders(shop_dsn, 1)
     assert wait_done(shop_dsn, 1) == (0, 1)
     with psycopg.connect(shop_dsn, autocommit=True) as conn:
         row = conn.execute(
             "SELECT id, error_code, platform_order_no, hint FROM cdc_invoice.request"
         ).fetchone()
-        assert row is not None and row[1] == "ISSUE_FAILED" and "retry" in row[3]
+        assert row is not None and row[1] == "ISSUE_FAILED" and "same order number" in row[3]
+        [failed] = sandbox.invoices()
+        assert failed["status"] == "22" and failed["orderNo"] == row[2] + "01"
         sandbox.configure(fault_issue_fail=0.0)  # the cause is fixed
         conn.execute("SELECT cdc_invoice.retry(%s)", (row[0],))
     assert wait_done(shop_dsn, 1) == (1, 0)
     with psycopg.connect(shop_dsn) as conn:
-        new_no = conn.execute("SELECT platform_order_no FROM cdc_invoice.request").fetchone()
-    assert new_no is not None and new_no[0] != row[2] and len(new_no[0]) == 18
-    at_platform = sandbox.invoices()
-    assert sorted(i["status"] for i in at_platform) == ["2", "22"], at_platform
-    issued = [i for i in at_platform if i["status"] == "2"]
-    assert issued[0]["orderNo"].startswith(new_no[0])
+        same = conn.execute("SELECT platform_order_no FROM cdc_invoice.request").fetchone()
+    assert same is not None and same[0] == row[2]
+    [issued] = sandbox.invoices()
+    assert (issued["status"], issued["serial"]) == ("2", failed["serial"])
     assert demo.verify_invoices(shop_dsn, [order], sandbox) == []
+    stats = sandbox_stats(sandbox)
+    assert "nuonuo.OpeMplatform.reInvoice" in str(stats)
+
+
+def sandbox_stats(sb: harness.Sandbox) -> object:
+    import httpx
+
+    return httpx.get(f"{sb.url}/_sandbox/stats", timeout=10).json()
+
+
+def test_sign_failed_invoice_is_recorded_once_as_issued(
+    shop_dsn: str, tmp_path: Path, start_daemon: StartDaemon
+) -> None:
+    """--fault-sign-failed 1: every invoice ends in 24 (开票成功签章失败, 发票详情查询 doc): it
+    exists, so it is recorded at once with its number and date, flagged, and never re-issued."""
+    sb = harness.start_sandbox(tmp_path / "sb24", extra=["--fault-sign-failed", "1"])
+    try:
+        start_daemon(shop_dsn, sb, result_poll_seconds=0.1)
+        orders = demo.ship_orders(shop_dsn, 3)
+        assert wait_done(shop_dsn, 3) == (3, 0)
+        at_platform = sb.invoices()
+        assert sorted(i["status"] for i in at_platform) == ["24"] * 3
+        with psycopg.connect(shop_dsn) as conn:
+            rows = conn.execute(
+                "SELECT invoice_number, seal_failed FROM cdc_invoice.invoice ORDER BY id"
+            ).fetchall()
+            alerts = conn.execute(
+                "SELECT count(*) FROM cdc_invoice.event WHERE event = 'invoice.seal_failed'"
+            ).fetchone()
+        assert sorted(r[0] for r in rows) == sorted(i["number"] for i in at_platform)
+        assert all(r[1] is True for r in rows) and alerts == (3,)
+        # The runtime knob turns it off again: the next invoice is a plain 2.
+        sb.configure(fault_sign_failed=0.0)
+        more = demo.ship_orders(shop_dsn, 1)
+        assert wait_done(shop_dsn, 4) == (4, 0)
+        assert sorted(i["status"] for i in sb.invoices()) == ["2", "24", "24", "24"]
+        assert demo.verify_invoices(shop_dsn, orders + more, sb) == []
+    finally:
+        sb.proc.stop()

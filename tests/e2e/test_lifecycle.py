@@ -252,6 +252,18 @@ def test_paper_invoice_reversal_goes_through_fast_invoice_red(
     assert "nuonuo.OpeMplatform.fastInvoiceRed" in str(stats)
 
 
+def test_delivery_to_a_bad_phone_fails_with_the_fix_instead_of_looping(running: str) -> None:
+    """Every request ends: 'abc' is no mobile number; the request fails once, saying so."""
+    number = ship(running, "C001", [("P-MOUSE", "1", "79.90")])
+    with psycopg.connect(running, autocommit=True) as conn:
+        conn.execute("SELECT cdc_invoice.request_delivery(%s, NULL, 'abc')", (number,))
+    [(state, error)] = wait_requests(running, "deliver", 1, timeout=20)
+    assert state == "failed" and error is not None and "not a mainland mobile" in error
+    with psycopg.connect(running) as conn:
+        row = conn.execute("SELECT hint FROM cdc_invoice.request WHERE kind = 'deliver'").fetchone()
+    assert row is not None and "request_delivery" in str(row[0])
+
+
 def test_refresh_rereads_the_invoice(running: str) -> None:
     number = ship(running, "C001", [("P-MOUSE", "1", "79.90")])
     with psycopg.connect(running, autocommit=True) as conn:

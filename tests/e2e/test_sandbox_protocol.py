@@ -535,6 +535,20 @@ def test_confirmation_expiry_paper_kinds_retry_and_listing(tmp_path: Path) -> No
         retried = client.call("nuonuo.OpeMplatform.reInvoice", {"fpqqlsh": serial})
         assert retried["code"] == "E0000"
         assert client.wait_final(serial)[0]["status"] == "2"
+        # 开票重试 doc: an issued invoice is not retried ("发票已生成，无需再重试开票").
+        again = client.call("nuonuo.OpeMplatform.reInvoice", {"fpqqlsh": serial})
+        assert again["code"] != "E0000" and "无需再重试" in again["describe"]
+        # 24 (开票成功签章失败) exists too: number and date, never retried.
+        sb.admin("/_sandbox/config", {"fault_sign_failed": 1})
+        sealed = client.issue("X-SEAL")["result"]["invoiceSerialNum"]
+        sign_failed, _ = client.wait_final(sealed)
+        sb.admin("/_sandbox/config", {"fault_sign_failed": 0})
+        assert (
+            sign_failed["status"] == "24" and len(sign_failed["allElectronicInvoiceNumber"]) == 20
+        )
+        assert sign_failed["invoiceTime"] and sign_failed["failCause"]
+        refused = client.call("nuonuo.OpeMplatform.reInvoice", {"fpqqlsh": sealed})
+        assert "无需再重试" in refused["describe"]
 
         listing = client.call("nuonuo.OpeMplatform.queryInvoiceList", {"pageSize": "50"})
         assert listing["result"]["total"] == len(sb.admin("/_sandbox/invoices"))

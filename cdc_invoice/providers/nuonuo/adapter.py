@@ -142,6 +142,23 @@ class NuonuoProvider:
             raise codes.error_for(answer.code, answer.describe, method=ISSUE)
         return IssueAccepted(order_no=order_no, serial=self._serial(answer, ISSUE))
 
+    async def reissue(self, seller: Seller, serial: str, order_no: str) -> IssueAccepted:
+        # 开票重试 doc: fpqqlsh (serial) or orderno, the serial wins; the invoice keeps both.
+        # A lost answer is harmless here (same serial, same order number: at most one invoice),
+        # yet it is reported as OutcomeUnknown like every call that can act.
+        content = {"fpqqlsh": serial, "orderno": order_no}
+        answer = await self._call(
+            seller,
+            codes.RE_INVOICE,
+            content,
+            mutating=True,
+            order_no=order_no,
+            unknown_hint="query the invoice by serial before retrying again",
+        )
+        if answer.code != codes.SUCCESS:
+            raise codes.error_for(answer.code, answer.describe, method=codes.RE_INVOICE)
+        return IssueAccepted(order_no=order_no, serial=serial)
+
     async def query_by_serials(
         self, seller: Seller, serials: Sequence[str]
     ) -> list[PlatformInvoice]:

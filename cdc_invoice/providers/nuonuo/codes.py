@@ -20,6 +20,10 @@ SUCCESS: Final = "E0000"
 # Method names (reference/nuonuo.md §2.6). The void method is spelled with a lower-case "e".
 ISSUE: Final = "nuonuo.OpeMplatform.requestBillingNew"
 QUERY: Final = "nuonuo.OpeMplatform.queryInvoiceResult"
+# 开票重试 doc (ourworldcn/PowerLms 诺诺网接口/数电发票/2.…开票重试接口…): a failed (22) invoice is
+# issued again with the same serial and order number; E9613 after 20 retries.
+RE_INVOICE: Final = "nuonuo.OpeMplatform.reInvoice"
+RE_INVOICE_LIMIT: Final = "E9613"
 SAVE_RED_CONFIRM: Final = "nuonuo.OpeMplatform.saveInvoiceRedConfirm"
 QUERY_RED_CONFIRM: Final = "nuonuo.OpeMplatform.queryInvoiceRedConfirm"
 FAST_RED: Final = "nuonuo.OpeMplatform.fastInvoiceRed"
@@ -108,6 +112,10 @@ HINTS: Final[dict[str, str]] = {
     "E9117": "the red-letter buyer name must equal the blue invoice's buyer name exactly",
     "E9118": "the red-letter buyer tax number must equal the blue invoice's",
     "E9120": "the red invoice's buyer bank account must equal the blue invoice's",
+    # reInvoice (开票重试 doc)
+    "E9613": "the platform allows 20 retries of one failed invoice and they are used up: fix "
+    "the failure cause with Nuonuo; the order number stays (an invoice may still appear under "
+    "it), so cancel the request rather than issue it under a new number",
     # query
     "E9601": "the platform could not query the invoice right now; it will be retried",
     "E9611": "neither serial numbers nor order numbers were given (a bug in cdc-invoice)",

@@ -38,7 +38,9 @@ STATUS: Final[dict[str, PlatformStatus]] = {
     "21": "issuing",
     "2": "issued",
     "22": "failed",
-    "24": "failed",
+    # 开票成功签章失败: the invoice exists (发票详情查询 doc: "22、24状态时，无需再查询");
+    # recorded as issued with seal_failed, never re-issued.
+    "24": "issued",
     "31": "voiding",
     "3": "voided",
 }
@@ -630,6 +632,7 @@ def parse_invoice(item: object) -> PlatformInvoice:
         paper_code=paper_code,
         paper_number=paper_number,
         original_number=original_number(item),
+        seal_failed=status_code == "24",
     )
 
 

@@ -316,7 +316,8 @@ def test_issued_item_maps_to_platform_invoice_with_decimals() -> None:
         ("21", "issuing"),
         ("2", "issued"),
         ("22", "failed"),
-        ("24", "failed"),
+        # 开票成功签章失败: the invoice exists (发票详情查询 doc, "22、24状态时，无需再查询")
+        ("24", "issued"),
         ("31", "voiding"),
         ("3", "voided"),
         (2, "issued"),  # numbers tolerated
@@ -327,6 +328,23 @@ def test_status_mapping(code: object, status: str) -> None:
     inv = payload.parse_invoice({"serialNo": "s", "orderNo": "o", "status": code})
     assert inv.status == status
     assert inv.status_code == str(code)
+
+
+def test_status_24_is_issued_with_its_number_and_a_failed_seal() -> None:
+    """发票详情查询 doc: 24 开票成功签章失败 needs no further query; the invoice exists."""
+    inv = payload.parse_invoice(
+        {
+            "serialNo": "s",
+            "orderNo": "o",
+            "status": "24",
+            "allElectronicInvoiceNumber": "26330000000000000024",
+            "invoiceTime": 1700000000000,
+            "failCause": "签章失败",
+        }
+    )
+    assert (inv.status, inv.seal_failed, inv.number) == ("issued", True, "26330000000000000024")
+    assert inv.issued_at is not None and inv.fail_cause == "签章失败"
+    assert payload.parse_invoice({"serialNo": "s", "status": "2"}).seal_failed is False
 
 
 def test_pending_item_has_no_number_and_failed_item_keeps_its_cause() -> None:

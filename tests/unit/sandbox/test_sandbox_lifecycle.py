@@ -104,6 +104,25 @@ def test_deferred_rule_failure_ends_in_22_with_the_cause(state: State) -> None:
     assert (invoice.status, invoice.fail_cause, invoice.number) == ("22", "boom", "")
 
 
+def test_sign_failure_ends_in_24_with_number_date_and_quota(state: State) -> None:
+    """发票详情查询 doc: 24 开票成功签章失败 — issued (number, date), the seal failed."""
+    _, clock, life, _ = state
+    invoice = life.submit(accepted("SO-1"), delay_s=1, sign_fail="签章失败")
+    clock.at += 1
+    life.advance()
+    assert (invoice.status, invoice.fail_cause) == ("24", "签章失败")
+    assert len(invoice.number) == 20 and invoice.issued_at == T0 + 1
+    assert sum(life.quota_used.values()) == invoice.total_ex  # it exists: it uses quota
+
+
+def test_sign_failed_knob_is_a_validated_rate() -> None:
+    config = RuntimeConfig()
+    config.update({"fault_sign_failed": 0.25})
+    assert config.to_json()["fault_sign_failed"] == 0.25
+    with pytest.raises(ValueError, match="fault_sign_failed must be between 0 and 1"):
+        config.update({"fault_sign_failed": 2})
+
+
 def test_restart_keeps_acknowledged_invoices_and_finishes_pending_ones(tmp_path: Path) -> None:
     store = Store(tmp_path / "state.db")
     clock = FakeClock(store, T0)
