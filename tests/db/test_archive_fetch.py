@@ -479,7 +479,7 @@ def test_upgrade_queues_the_files_of_invoices_recorded_before(fresh_dsn: str) ->
             None,
         )
     result = schema.install(fresh_dsn)
-    assert result.before == 6 and result.applied == ["migrations/0007_invoice_files.sql"]
+    assert result.before == 6 and result.applied[0] == "migrations/0007_invoice_files.sql"
     with psycopg.connect(fresh_dsn) as conn:
         assert conn.execute(
             "SELECT kind, state, source_url FROM cdc_invoice.invoice_file_fetch ORDER BY kind"

@@ -115,10 +115,10 @@ def test_the_daemons_updates_still_work(recorded: tuple[str, int]) -> None:
         # Assigning a frozen column its own value is no change.
         conn.execute("UPDATE cdc_invoice.invoice SET buyer_name = buyer_name, status = 'issued'")
         # A column added later (e.g. by another feature) is not frozen.
-        conn.execute("ALTER TABLE cdc_invoice.invoice ADD COLUMN seal_failed boolean")
-        conn.execute("UPDATE cdc_invoice.invoice SET seal_failed = true")
+        conn.execute("ALTER TABLE cdc_invoice.invoice ADD COLUMN later_feature boolean")
+        conn.execute("UPDATE cdc_invoice.invoice SET later_feature = true")
         row = conn.execute(
-            "SELECT status, delivery_status, pdf_url, seal_failed, total_incl_tax "
+            "SELECT status, delivery_status, pdf_url, later_feature, total_incl_tax "
             "FROM cdc_invoice.invoice"
         ).fetchone()
     assert row is not None and row[:4] == ("issued", "sent", "https://x/a.pdf", True)
