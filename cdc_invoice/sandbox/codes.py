@@ -1,15 +1,20 @@
 """Response codes the sandbox returns, with where each one comes from.
 
-Documented by Nuonuo (reference/nuonuo.md §2.2, §2.10): E0000, E9101-E9131, E9138, E9301, E9302,
-E9500, E9601, E9611, E9999 and the token errors 070304-070307, 070315, 070101.
+Documented by Nuonuo: E0000; E4000 接口调用失败 for a missing or wrong private parameter and
+E9101-E9131, E9138, E9154, E9301, E9302, E9338 (requestBillingNew doc,
+1.诺诺开放平台诺税通saas请求开具发票接口…【外部用】.md, 返回码); E9613 (开票重试 doc); E9500, E9601,
+E9611 (发票详情查询 doc); E9999 (发票重新交付 doc); the token errors 070304-070307, 070315
+(创建应用.md) and 070101; 070601 签名不匹配 for a bad X-Nuonuo-Sign (jellyfrank/nuonuo-sdk
+docs/sandbox-validation.md, a live answer of sandbox.nuonuocs.cn).
 
-ASSUMPTIONS — the real platform's codes for these cases are not documented; the sandbox picks:
+ASSUMPTIONS (docs/platform-assumptions.md) — the real platform's codes for these are not documented:
   070301  accessToken invalid or expired ("accessToken无效或已过期")
-  070302  bad X-Nuonuo-Sign, missing senid/nonce/timestamp, or a timestamp outside ±300 s of the
-          sandbox host's clock ("签名验证失败")
+  070601  also for missing senid/nonce/timestamp and for a timestamp outside ±300 s of the sandbox
+          host's clock (the window itself is undocumented)
   070303  unknown ``method`` header
   070315  gateway request whose Content-Type is not application/json (the documented token code)
-  E9100   a required field missing or malformed where the platform documents no specific code
+  E4000   every missing or malformed field where the doc names no more specific code (the doc's
+          own wording: "必填字段没有传值，或者传的值不对")
   E9132   |price × num − amount| > 0.01 on the price's basis (乐企 line rule, §3.3)
   E9124-E9129  per field: incl. amount too long / not a number (E9124/E9125), excl. amount
           (E9126/E9127), tax (E9128/E9129)
@@ -35,9 +40,9 @@ from __future__ import annotations
 from typing import Final
 
 OK: Final = "E0000"
-MALFORMED: Final = "E9100"
+MALFORMED: Final = "E4000"
 TOKEN_INVALID: Final = "070301"
-BAD_SIGNATURE: Final = "070302"
+BAD_SIGNATURE: Final = "070601"
 UNKNOWN_METHOD: Final = "070303"
 BAD_CONTENT_TYPE: Final = "070315"
 UNKNOWN_APP: Final = "070101"

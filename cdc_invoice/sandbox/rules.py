@@ -51,7 +51,9 @@ ALLOWED_RATES = frozenset(
 )
 _TAX_NO_RE = re.compile(r"^[0-9A-Z]{15,20}$")
 _GOODS_CODE_RE = re.compile(r"^[1-6]\d{18}$")
-_FAVOURED_RE = re.compile(r"^(0[1-9]|1[0-8])$")  # 数电 favouredPolicyFlag 01..18
+# 数电 favouredPolicyFlag 01..18, or "0" = none: the requestBillingNew doc's own request example
+# sends "favouredPolicyFlag":"0" (with "zeroRateFlag":"0", "deduction":"0") on a 数电 line.
+_FAVOURED_RE = re.compile(r"^(0|0[1-9]|1[0-8])$")
 
 # (field, code when too long, code when not a 2-decimal number) — assumed split of E9124-E9129.
 _AMOUNT_FIELDS = (

@@ -278,7 +278,7 @@ def test_bad_signature_and_bad_token_are_refused_without_acting(
     order_no = unique("SIG")
     signed_for_other = json.dumps(order(order_no), ensure_ascii=False).encode()  # spaces differ
     answer = client.call(ISSUE, order(order_no), tamper=signed_for_other)
-    assert answer == {"code": "070302", "describe": "签名验证失败"}
+    assert answer == {"code": "070601", "describe": "签名不匹配"}
     answer = client.call(ISSUE, order(order_no), accessToken="not-a-token")
     assert answer == {"code": "070301", "describe": "accessToken无效或已过期"}
     assert shared_sandbox.admin(f"/_sandbox/invoices?orderNo={order_no}") == []

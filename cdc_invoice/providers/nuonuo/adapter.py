@@ -377,8 +377,8 @@ class NuonuoProvider:
             unknown_hint=unknown_hint,
         )
         answer = await send(access_token=token.access_token)
-        if answer.code in codes.TOKEN_INVALID:
-            # The platform refused the token before doing anything, so retrying is safe even
+        if codes.is_token_error(answer.code, answer.describe):
+            # The gateway refused the token before doing anything, so retrying is safe even
             # for issue. A second refusal is reported, not retried: each fetch costs quota.
             logger.info("Nuonuo rejected the access token (%s); fetching a new one", answer.code)
             token = await self._tokens.replace(credentials.app_key, token.access_token, fetch)

@@ -70,7 +70,7 @@ async def test_a_body_changed_after_signing_is_refused(
     async with make_provider(transport=httpx.MockTransport(tamper)) as provider:
         with pytest.raises(ProviderAuthError) as info:
             await provider.query_by_order_nos(seller, ["旧-1"])
-    assert info.value.code == "070302"
+    assert info.value.code == "070601"
     assert fake.calls == []
 
 
