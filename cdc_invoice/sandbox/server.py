@@ -259,6 +259,8 @@ class RunningSandbox:
         self.server = server
         self.port = port
         self.url = server.base_url
+        # the real token host differs from the gateway (创建应用 doc); the sandbox serves both
+        self.token_url = f"{self.url}/accessToken"
         self._runner = runner
 
     async def stop(self) -> None:

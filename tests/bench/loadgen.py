@@ -39,6 +39,7 @@ async def main(args: argparse.Namespace) -> None:
     seller = Seller(seller_id="main", tax_number=harness.SELLER_TAX_NUMBER, name="bench")
     provider = NuonuoProvider(
         base_url=args.base_url,
+        token_url=args.base_url + "/accessToken",  # the sandbox's own token endpoint
         credentials={"main": Credentials(app_key=args.app_key, app_secret=secret)},
         token_store=MemoryTokenStore(),
     )
