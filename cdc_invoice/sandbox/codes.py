@@ -40,6 +40,7 @@ from __future__ import annotations
 from typing import Final
 
 OK: Final = "E0000"
+RED_QUERY_OK: Final = "0000"  # queryInvoiceRedConfirm only: its doc's 响应参数 example
 MALFORMED: Final = "E4000"
 TOKEN_INVALID: Final = "070301"
 BAD_SIGNATURE: Final = "070601"

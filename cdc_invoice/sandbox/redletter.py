@@ -7,8 +7,11 @@ invoice, §3.7). A 02 slip not confirmed within 72 h (sandbox clock) becomes 07.
 invoice of a pc/bs blue is issued automatically (it then goes 20 → 21 → 2 like a blue one);
 es/ec need fastInvoiceRed.
 
-ASSUMPTIONS: E9999 for a reused billId (as one client's tests expect), E9400 for slip errors with
-no documented code; the result of queryInvoiceRedConfirm is ``{"total", "list"}``.
+Shapes follow the doc pages (诺诺开放平台诺税通saas红字确认单{申请,查询,确认,撤销}接口…md):
+queryInvoiceRedConfirm answers ``{"code": "0000", "describe", "total", "list"}`` (its 响应参数
+table); saveInvoiceRedConfirm takes the blue 数电 number in blueElecInvoiceNumber or, 20 digits,
+in blueInvoiceNumber. ASSUMPTIONS: E9999 for a reused billId (as one client's tests expect), E9400
+for slip errors with no documented code.
 """
 
 from __future__ import annotations
@@ -177,7 +180,13 @@ class RedLetter:
             return _env(codes.DELIVERY_NOT_FOUND, "申请号重复")
         if text(body, "applySource") != "0":
             return _env(codes.RED_INVALID, "沙箱只支持销方申请(applySource=0)")
-        blue = self._store.invoice_by_number(text(body, "blueElecInvoiceNumber"))
+        # 红字确认单申请 doc: blueElecInvoiceNumber is the 数电 number; blueInvoiceNumber
+        # "若传20位数字则视为是蓝字数电票号码" (the doc's own example puts the 20 digits there).
+        number = text(body, "blueElecInvoiceNumber")
+        legacy = text(body, "blueInvoiceNumber")
+        if not number and len(legacy) == 20 and legacy.isdigit():
+            number = legacy
+        blue = self._store.invoice_by_number(number)
         if blue is None or blue.seller_tax != seller or blue.kind != "blue":
             return _env(codes.RED_INVALID, "蓝字数电发票不存在")
         if blue.status != ISSUED:
@@ -268,9 +277,14 @@ class RedLetter:
         ]
         rows.sort(key=lambda s: s.created_at)
         page = rows[(page_no - 1) * page_size : page_no * page_size]
-        return _env(
-            codes.OK, "查询成功", {"total": len(rows), "list": [self.view(s) for s in page]}
-        )
+        # 红字确认单查询 doc, 响应参数: code (example "0000"), describe, total (String), list — at
+        # the top level, no result wrapper.
+        return {
+            "code": codes.RED_QUERY_OK,
+            "describe": "查询成功",
+            "total": str(len(rows)),
+            "list": [self.view(s) for s in page],
+        }
 
     def view(self, slip: RedSlip) -> dict[str, Any]:
         out: dict[str, Any] = {
