@@ -1,4 +1,8 @@
-"""Platform callbacks (form POST, ``operater=callback|invoiceInvalid|redConfirmCallback|…``).
+"""Platform callbacks (``operater=callback|invoiceInvalid|invoiceRedCallback|redConfirmCallback``).
+
+Encodings differ per kind (【诺诺发票】回传开票结果对接文档V1.1.1): ``callback`` and
+``invoiceInvalid`` are FORM posts whose ``content`` is a JSON string (§一, §二); ``invoiceRedCallback`` and
+``redConfirmCallback`` are JSON bodies whose ``content`` is an object (§四, §五). Both are read.
 
 Nuonuo's callbacks carry no signature (reference §2.8), so they are hints, never facts: the
 request they name is polled at once and the platform's answer to that query is what gets
@@ -40,9 +44,27 @@ def _keys(form: dict[str, str]) -> tuple[list[str], list[str]]:
     return bases, sorted({s for s in serials if s})
 
 
+async def read_fields(request: web.Request) -> dict[str, str]:
+    """The callback's top-level fields as strings, whichever encoding it came in."""
+    if request.content_type == "application/json":
+        try:
+            data: Any = json.loads(await request.read())
+        except ValueError:
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        # content is an object in the JSON kinds: keep it as the JSON string the FORM kinds send
+        return {
+            str(k): v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+            for k, v in data.items()
+            if v is not None
+        }
+    return {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+
+
 def add_route(app: web.Application, repo: Repository, wake: asyncio.Event) -> None:
     async def callback(request: web.Request) -> web.Response:
-        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        form = await read_fields(request)
         bases, serials = _keys(form)
         due: list[Any] = []
         if bases or serials:
