@@ -1,8 +1,9 @@
 """Platform callbacks (``operater=callback|invoiceInvalid|invoiceRedCallback|redConfirmCallback``).
 
 Encodings differ per kind (【诺诺发票】回传开票结果对接文档V1.1.1): ``callback`` and
-``invoiceInvalid`` are FORM posts whose ``content`` is a JSON string (§一, §二); ``invoiceRedCallback`` and
-``redConfirmCallback`` are JSON bodies whose ``content`` is an object (§四, §五). Both are read.
+``invoiceInvalid`` are FORM posts whose ``content`` is a JSON string (§一, §二);
+``invoiceRedCallback`` and ``redConfirmCallback`` are JSON bodies whose ``content`` is an
+object (§四, §五). Both are read.
 
 Nuonuo's callbacks carry no signature (reference §2.8), so they are hints, never facts: the
 request they name is polled at once and the platform's answer to that query is what gets

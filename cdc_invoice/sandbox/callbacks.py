@@ -3,7 +3,8 @@ platform does (【诺诺发票】回传开票结果对接文档 V1.1.1).
 
 - §一 回传开票结果 ``operater=callback``: a **FORM** POST with ``orderno`` and ``content`` (a
   JSON string: c_status 1 开票完成 / 2 开票失败, c_kprq, c_fpqqlsh, c_orderno,
-  allElectronicInvoiceNumber, oldEleInvoiceNumber, c_bhsje, c_hjse, c_url, c_errorMessage), once an invoice is final.
+  allElectronicInvoiceNumber, oldEleInvoiceNumber, c_bhsje, c_hjse, c_url, c_errorMessage),
+  once an invoice is final.
 - §五 回传红字确认单结果 ``operater=redConfirmCallback``: a **JSON** POST with ``billId`` and
   ``content`` (an object: billInfoNo, billStatus, billMessage, sellerTaxNo, buyerTaxNo, …) on every
   status change of a slip.

@@ -417,9 +417,11 @@ class RedLetter:
 
     # -- confirm ------------------------------------------------------------------------------
     def confirm(self, caller: Caller, body: Any) -> Envelope:
-        """The seller's answer to a buyer-initiated slip (红字确认单确认 doc: billUuid | billId |
-        billNo, priority uuid > id > no; identity 0 销方; confirmAgreement 1 同意 / 0 拒绝; orderNo = the
-        order number of the red invoice issued automatically on agreement)."""
+        """The seller's answer to a buyer-initiated slip (红字确认单确认 doc).
+
+        billUuid | billId | billNo, priority uuid > id > no; identity 0 销方; confirmAgreement
+        1 同意 / 0 拒绝; orderNo = the order number of the red invoice issued on agreement.
+        """
         if not isinstance(body, dict):
             return _env(codes.MALFORMED, "请求报文必须是JSON对象")
         if text(body, "identity") != "0":
