@@ -102,6 +102,10 @@ class DaemonConfig:
         default=20.0, metadata={"doc": "SIGTERM: time to finish in-flight work"}
     )
     metrics_listen: str = field(default="", metadata={"doc": "host:port for /metrics, /healthz"})
+    buyer_slip_poll_seconds: float = field(
+        default=300.0,
+        metadata={"doc": "how often to copy red-letter slips buyers applied for; 0 = never"},
+    )
     callback: bool = field(
         default=False,
         metadata={"doc": "accept platform callbacks at /nuonuo/callback (on metrics_listen)"},

@@ -29,7 +29,8 @@ BEGIN
         GRANT cdc_invoice_reader TO cdc_invoice_operator;
         GRANT EXECUTE ON FUNCTION cdc_invoice.retry(bigint), cdc_invoice.retry_failed(text),
             cdc_invoice.request_reversal(text, text, jsonb), cdc_invoice.request_void(text, text),
-            cdc_invoice.request_delivery(text, text, text), cdc_invoice.request_refresh(text)
+            cdc_invoice.request_delivery(text, text, text), cdc_invoice.request_refresh(text),
+            cdc_invoice.confirm_red_slip(text, boolean)
             TO cdc_invoice_operator;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cdc_invoice_daemon') THEN
@@ -41,6 +42,11 @@ BEGIN
                         cdc_invoice.invoice_line, cdc_invoice.provider_token, cdc_invoice.daemon
             TO cdc_invoice_daemon;
         GRANT SELECT, INSERT ON cdc_invoice.event, cdc_invoice.reconciliation TO cdc_invoice_daemon;
+        -- buyer-initiated red-letter slips (version 5): copied from the platform, answered by
+        -- the daemon
+        IF to_regclass('cdc_invoice.buyer_red_slip') IS NOT NULL THEN
+            GRANT SELECT, INSERT, UPDATE ON cdc_invoice.buyer_red_slip TO cdc_invoice_daemon;
+        END IF;
         -- a whole-order reversal (attach's reverse_when) becomes one request per invoice
         GRANT EXECUTE ON FUNCTION cdc_invoice.request_reversal(text, text, jsonb),
             cdc_invoice.platform_order_no(bigint, integer) TO cdc_invoice_daemon;

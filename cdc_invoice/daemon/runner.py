@@ -25,7 +25,7 @@ from prometheus_client import (
 from cdc_invoice import __version__
 from cdc_invoice import config as cfg
 from cdc_invoice.config import Config, read_secret_file
-from cdc_invoice.daemon import callback, health, metrics, systemd
+from cdc_invoice.daemon import buyer_slips, callback, health, metrics, systemd
 from cdc_invoice.daemon.handler import Stats
 from cdc_invoice.daemon.issuer import Issuer, SellerCache
 from cdc_invoice.daemon.listener import Listener
@@ -235,6 +235,10 @@ async def run(
             name="sd-watchdog",
         ),
         asyncio.create_task(systemd.report_status(notifier, status), name="sd-status"),
+        asyncio.create_task(
+            buyer_slips.run(repo, provider, lambda: current.daemon.buyer_slip_poll_seconds, stop),
+            name="buyer-slips",
+        ),
     ]
     log.info(
         "daemon %s started (concurrency %d, platform %s)",
@@ -285,6 +289,7 @@ RELOADABLE = (
     "daemon.result_poll_seconds",
     "daemon.max_backoff_seconds",
     "daemon.shutdown_grace_seconds",
+    "daemon.buyer_slip_poll_seconds",  # read by buyer_slips.run each round
     "daemon.log_format",
     "daemon.log_level",
 )

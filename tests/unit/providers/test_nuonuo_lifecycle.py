@@ -342,7 +342,7 @@ SLIP_TABLE = [
     ("01", "ready"),
     ("04", "ready"),
     ("02", "awaiting_buyer"),
-    ("03", "awaiting_buyer"),
+    ("03", "awaiting_seller"),
     ("05", "cancelled"),
     ("06", "cancelled"),
     ("07", "cancelled"),
