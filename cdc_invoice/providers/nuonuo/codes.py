@@ -249,20 +249,9 @@ def error_for(code: str, describe: str, *, method: str) -> ProviderError:
     return ProviderUnavailable(message, code=code, hint=unknown, method=method)
 
 
-# Undocumented codes our sandbox uses where the refusal is certain to have created nothing and
-# retrying cannot help (assumptions, docs/platform-assumptions.md): a slip over what is left of
-# the blue (E9103 is documented for legacy red "不能重复冲红"), a slip's buyer ≠ the blue's, and a
-# void of a 数电 electronic invoice / a non-issued invoice. None of them is on the issue path, so
-# none can lead to a new order number for an issue.
-_ASSUMED_REFUSED: Final = frozenset(
-    {
-        (SAVE_RED_CONFIRM, "E9103"),
-        (SAVE_RED_CONFIRM, "E9117"),
-        (SAVE_RED_CONFIRM, "E9118"),
-        (SAVE_RED_CONFIRM, "E9400"),
-        (FAST_RED, "E9103"),
-        (FAST_RED, "E9400"),
-        (VOID, "E9201"),
-        (VOID, "E9202"),
-    }
-)
+# Undocumented codes read as refusals (assumptions, docs/platform-assumptions.md): only the
+# sandbox's answers to a void — of a 数电 electronic invoice (E9201) or of an invoice that is not
+# issued (E9202). A void creates nothing, so a wrong guess cannot make a second invoice. The red-
+# letter pages document no error code at all: anything but E0000 there (E9400 in our sandbox) is
+# outcome unknown — the slip is queried by its billId before it is applied for again.
+_ASSUMED_REFUSED: Final = frozenset({(VOID, "E9201"), (VOID, "E9202")})
