@@ -254,11 +254,15 @@ BEGIN
     RETURN cdc_invoice._enqueue(v_inv, 'refresh', jsonb_build_object('requested_by', session_user));
 END $$;
 
--- Red-letter requests waiting for the buyer's confirmation (they expire after 72 hours).
+-- Red-letter requests waiting for the buyer's confirmation. They expire 72 hours after the
+-- slip's own time (billTime, 红字确认单查询 doc), which the daemon stores once it has seen the
+-- slip; until then the request's time stands in.
 CREATE OR REPLACE VIEW cdc_invoice.pending_red_slips AS
 SELECT r.id AS request_id, i.invoice_number, r.source, r.order_ref,
        r.progress ->> 'bill_id' AS bill_id, r.progress ->> 'slip_status' AS slip_status,
-       r.created_at AS requested_at, r.created_at + interval '72 hours' AS expires_at
+       r.created_at AS requested_at,
+       coalesce((r.progress ->> 'slip_time')::timestamptz, r.created_at) + interval '72 hours'
+           AS expires_at
   FROM cdc_invoice.request r JOIN cdc_invoice.invoice i ON i.id = r.invoice_id
  WHERE r.kind = 'reverse' AND r.state IN ('pending', 'claimed', 'submitted');
 

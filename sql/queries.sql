@@ -391,10 +391,11 @@ RETURNING (xmax = 0) AS inserted, s.invoice_id, s.bill_id;
 
 -- name: buyer_slips_gone
 -- Unanswered slips of a seller the platform no longer lists as 03 (withdrawn 08, expired 07).
+-- Only rows not written since the listing began: another daemon's newer listing wins.
 UPDATE cdc_invoice.buyer_red_slip
    SET platform_status = 'gone', updated_at = now()
  WHERE seller_id = %(seller_id)s AND platform_status = '03' AND decision IS NULL
-   AND NOT (bill_id = ANY(%(listed)s));
+   AND NOT (bill_id = ANY(%(listed)s)) AND updated_at < %(listed_at)s;
 
 -- name: buyer_slip_event
 INSERT INTO cdc_invoice.event (invoice_id, source, order_ref, event, detail)

@@ -57,6 +57,7 @@ async def sync_once(repo: Repository, provider: Provider, now: datetime | None =
         seller = await repo.seller(seller_id)
         if seller is None:
             continue
+        listed_at = datetime.now(UTC)
         try:
             slips = await provider.list_buyer_slips(seller, since)
         except ProviderError as exc:
@@ -102,7 +103,11 @@ async def sync_once(repo: Repository, provider: Provider, now: datetime | None =
                     )
             await conn.execute(
                 q("buyer_slips_gone"),
-                {"seller_id": seller_id, "listed": [s.bill_id for s in slips]},
+                {
+                    "seller_id": seller_id,
+                    "listed": [s.bill_id for s in slips],
+                    "listed_at": listed_at,
+                },
             )
     return new
 

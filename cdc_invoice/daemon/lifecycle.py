@@ -192,6 +192,8 @@ class Lifecycle(Handler):
                 await self.repo.release_poll([fence], self.result_poll_seconds)
                 return
             progress["slip_status"] = slip.status
+            if slip.bill_time is not None:  # the 72 h count from the slip's time, not ours
+                progress["slip_time"] = slip.bill_time.isoformat()
             if slip.status in ("awaiting_buyer", "awaiting_seller"):
                 await self.repo.update_progress(fence, progress, SLIP_POLL_SECONDS)
                 return

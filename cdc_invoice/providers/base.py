@@ -100,6 +100,7 @@ class RedSlip:
     red_serial: str | None = None
     red_order_no: str | None = None
     message: str | None = None
+    bill_time: datetime | None = None  # billTime: the 72 h for the other side count from here
 
 
 @dataclass(frozen=True, slots=True)

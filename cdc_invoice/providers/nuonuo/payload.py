@@ -684,4 +684,5 @@ def parse_red_slip(item: object, bill_id: str) -> RedSlip:
         red_serial=red_serial,
         red_order_no=_text(item, "orderNo"),
         message=_text(item, "billMessage"),
+        bill_time=_timestamp(item, "billTime"),
     )
