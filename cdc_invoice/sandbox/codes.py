@@ -15,7 +15,6 @@ ASSUMPTIONS (docs/platform-assumptions.md) — the real platform's codes for the
   070315  gateway request whose Content-Type is not application/json (the documented token code)
   E4000   every missing or malformed field where the doc names no more specific code (the doc's
           own wording: "必填字段没有传值，或者传的值不对")
-  E9132   |price × num − amount| > 0.01 on the price's basis (乐企 line rule, §3.3)
   E9124-E9129  per field: incl. amount too long / not a number (E9124/E9125), excl. amount
           (E9126/E9127), tax (E9128/E9129)
   E9601   query with more than 50 serials or order numbers (documented as "query error")
@@ -25,7 +24,9 @@ ASSUMPTIONS (docs/platform-assumptions.md) — the real platform's codes for the
   E9202   void of an invoice that is not issued (status ≠ 2)
   E9103   red-letter slip for a blue invoice that is already fully reversed, or whose lines would
           exceed what is left of the blue lines (cumulative limit)
-  E9400   red-letter slip / query errors that have no documented code (unknown slip, bad detail)
+  E4000   also on the red-letter pages, which document no error code at all (unknown slip, detail
+          that does not match the blue, |price × num − amount| > 0.01): the platform's generic
+          "parameter missing or wrong" answer, so a refused slip ends with its reason
   E9999   saveInvoiceRedConfirm with a billId already used ("申请号重复", as one client's tests
           expect; documented only as deliveryInvoice's "invoice not found")
   E9117/E9118  slip buyer name / tax number ≠ the blue invoice's (documented for legacy red)
@@ -53,7 +54,7 @@ QUERY_EMPTY: Final = "E9611"
 VOID_NOT_ALLOWED: Final = "E9201"
 VOID_BAD_STATE: Final = "E9202"
 RED_EXCEEDED: Final = "E9103"
-RED_INVALID: Final = "E9400"
+RED_INVALID: Final = MALFORMED  # E4000: see above
 DELIVERY_NOT_FOUND: Final = "E9999"
 
 # Token endpoint (§2.2): {"error": code, "error_description": text}

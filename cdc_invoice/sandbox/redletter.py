@@ -10,8 +10,8 @@ es/ec need fastInvoiceRed.
 Shapes follow the doc pages (诺诺开放平台诺税通saas红字确认单{申请,查询,确认,撤销}接口…md):
 queryInvoiceRedConfirm answers ``{"code": "0000", "describe", "total", "list"}`` (its 响应参数
 table); saveInvoiceRedConfirm takes the blue 数电 number in blueElecInvoiceNumber or, 20 digits,
-in blueInvoiceNumber. ASSUMPTIONS: E9999 for a reused billId (as one client's tests expect), E9400
-for slip errors with no documented code.
+in blueInvoiceNumber. ASSUMPTIONS (the pages list only E0000): E9999 for a reused billId (as one
+client's tests expect), the generic E4000 for any other slip error.
 """
 
 from __future__ import annotations

@@ -252,6 +252,6 @@ def error_for(code: str, describe: str, *, method: str) -> ProviderError:
 # Undocumented codes read as refusals (assumptions, docs/platform-assumptions.md): only the
 # sandbox's answers to a void — of a 数电 electronic invoice (E9201) or of an invoice that is not
 # issued (E9202). A void creates nothing, so a wrong guess cannot make a second invoice. The red-
-# letter pages document no error code at all: anything but E0000 there (E9400 in our sandbox) is
+# letter pages document no error code at all: anything but E0000 and the generic E4000 there is
 # outcome unknown — the slip is queried by its billId before it is applied for again.
 _ASSUMED_REFUSED: Final = frozenset({(VOID, "E9201"), (VOID, "E9202")})
