@@ -139,3 +139,48 @@ def test_bad_answers_are_refused_with_a_hint(running: str, sandbox: harness.Sand
     expired = sql_error(running, "SELECT cdc_invoice.confirm_red_slip(%s, true)", slip["billId"])
     assert expired.sqlstate == "CI006" and "expired" in str(expired)
     assert invoice(running, number)["status"] == "issued"
+
+
+def test_a_partial_buyer_slip_keeps_the_blue_unit_price(
+    running: str, sandbox: harness.Sandbox
+) -> None:
+    # The buyer sends back one of two laptops (销货退回: 只允许修改数量，不允许修改单价).
+    number = ship(running, "C001", [("P-LAPTOP", "2", "3099.00"), ("P-MOUSE", "1", "79.90")])
+    [blue] = sandbox.invoices(number=number)
+    laptop = blue["lines"][0]
+    slip = buyer_applies(
+        sandbox,
+        number,
+        detail=[
+            {
+                "blueDetailIndex": "1",
+                "goodsName": laptop["name"],
+                "goodsCode": laptop["goodsCode"],
+                "taxRate": laptop["taxRate"],
+                "num": "-1",
+                "taxExcludedPrice": "2742.47787611",
+                "taxExcludedAmount": "-2742.48",
+                "taxAmount": "-356.52",
+            }
+        ],
+    )
+    row = pending(running, slip["billId"])
+    assert row["total_incl_tax"] == Decimal("-3099.00")
+    as_operator(running, "SELECT cdc_invoice.confirm_red_slip(%s, true)", slip["billId"])
+    assert wait_requests(running, "confirm_slip", 1) == [("done", None)]
+    assert invoice(running, number)["status"] == "partially_reversed"
+    with psycopg.connect(running) as conn:
+        lines = conn.execute(
+            "SELECT l.line_no, l.quantity, l.unit_price, l.amount_incl_tax "
+            "FROM cdc_invoice.invoice_line l JOIN cdc_invoice.invoice r ON r.id = l.invoice_id "
+            "WHERE r.kind = 'red'"
+        ).fetchall()
+    assert lines == [(1, Decimal("-1"), Decimal("3099.00"), Decimal("-3099.00"))]
+    # what is left can still be reversed by finance: the cumulative rule sees the red line
+    with psycopg.connect(running, autocommit=True) as conn:
+        conn.execute(
+            "SELECT cdc_invoice.request_reversal(%s, 'sales_return', "
+            """'[{"line_no": 1, "quantity": 1}]')""",
+            (number,),
+        )
+    assert wait_requests(running, "reverse", 1) == [("done", None)]
