@@ -113,9 +113,14 @@ async def sync_once(repo: Repository, provider: Provider, now: datetime | None =
 
 
 async def run(
-    repo: Repository, provider: Provider, interval: Callable[[], float], stop: asyncio.Event
+    repo: Repository,
+    provider: Provider,
+    interval: Callable[[], float],
+    stop: asyncio.Event,
+    hint: asyncio.Event | None = None,
 ) -> None:
-    """Sync every ``interval()`` seconds until ``stop``; 0 turns the sync off."""
+    """Sync every ``interval()`` seconds, and at once when ``hint`` is set (a red-letter
+    callback), until ``stop``; an interval of 0 turns the sync off."""
     while not stop.is_set():
         seconds = interval()
         if seconds > 0:
@@ -129,8 +134,22 @@ async def run(
             seconds = max(seconds - (time.monotonic() - started), 0.1)
         else:
             seconds = 5.0  # off: look again later (SIGHUP may turn it on)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
+        await _sleep(stop, hint, seconds)
+
+
+async def _sleep(stop: asyncio.Event, hint: asyncio.Event | None, seconds: float) -> None:
+    waits = [asyncio.ensure_future(stop.wait())]
+    if hint is not None:
+        waits.append(asyncio.ensure_future(hint.wait()))
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waits:
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+        if hint is not None:
+            hint.clear()
 
 
 def red_lines(slip_lines: list[dict[str, Any]], blue: list[InvoiceLine]) -> list[InvoiceLine]:

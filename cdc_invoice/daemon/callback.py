@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 PATH = "/nuonuo/callback"
 OK = {"status": "0000", "message": "同步成功"}
+RED_LETTER = frozenset({"redConfirmCallback", "invoiceRedCallback"})
 
 
 def _keys(form: dict[str, str]) -> tuple[list[str], list[str]]:
@@ -63,9 +64,19 @@ async def read_fields(request: web.Request) -> dict[str, str]:
     return {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
 
 
-def add_route(app: web.Application, repo: Repository, wake: asyncio.Event) -> None:
+def add_route(
+    app: web.Application,
+    repo: Repository,
+    wake: asyncio.Event,
+    slips: asyncio.Event | None = None,
+) -> None:
+    """``slips``: set on a red-letter callback, so that the buyer-slip listing runs now (a slip
+    the buyer started names no request of ours)."""
+
     async def callback(request: web.Request) -> web.Response:
         form = await read_fields(request)
+        if slips is not None and form.get("operater") in RED_LETTER:
+            slips.set()
         bases, serials = _keys(form)
         due: list[Any] = []
         if bases or serials:

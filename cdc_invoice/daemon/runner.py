@@ -98,6 +98,7 @@ async def run(
     observer = metrics.PrometheusObserver(registry)
     monitor = health.LoopMonitor()
     wake = asyncio.Event()
+    slips_hint = asyncio.Event()  # a red-letter callback: list buyer slips now
     listener = Listener(dsn, wake)
     issuer = Issuer(
         repo,
@@ -147,7 +148,7 @@ async def run(
         if d.metrics_listen:
             app = metrics.make_app(registry, snapshot, live)
             if d.callback:
-                callback.add_route(app, repo, wake)
+                callback.add_route(app, repo, wake, slips_hint)
             http, url = await metrics.serve(app, d.metrics_listen)
             log.info("metrics at %s/metrics, health at %s/healthz", url, url)
     except BaseException:
@@ -236,7 +237,13 @@ async def run(
         ),
         asyncio.create_task(systemd.report_status(notifier, status), name="sd-status"),
         asyncio.create_task(
-            buyer_slips.run(repo, provider, lambda: current.daemon.buyer_slip_poll_seconds, stop),
+            buyer_slips.run(
+                repo,
+                provider,
+                lambda: current.daemon.buyer_slip_poll_seconds,
+                stop,
+                slips_hint,
+            ),
             name="buyer-slips",
         ),
     ]

@@ -11,12 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 from psycopg.rows import dict_row
+from test_callback import free_port
 from test_lifecycle import invoice, reds_of, ship, sql_error, wait_requests
 
 from cdc_invoice import harness
@@ -184,3 +186,30 @@ def test_a_partial_buyer_slip_keeps_the_blue_unit_price(
             (number,),
         )
     assert wait_requests(running, "reverse", 1) == [("done", None)]
+
+
+def test_a_red_letter_callback_brings_the_buyer_slip_in_at_once(
+    shop_dsn: str, tmp_path: Path, start_daemon: StartDaemon
+) -> None:
+    # Listing runs every hour here: the slip arrives this soon only because the sandbox's
+    # redConfirmCallback (JSON, 回传开票结果 V1.1.1 §五) made the daemon list slips now.
+    port = free_port()
+    sb = harness.start_sandbox(
+        tmp_path / "sandbox",
+        issue_delay_ms=200,
+        extra=["--callback-url", f"http://127.0.0.1:{port}/nuonuo/callback"],
+    )
+    try:
+        start_daemon(
+            shop_dsn,
+            sb,
+            result_poll_seconds=0.1,
+            buyer_slip_poll_seconds=3600.0,
+            metrics_listen=f"127.0.0.1:{port}",
+            callback=True,
+        )
+        number = ship(shop_dsn, "C001", [("P-MOUSE", "1", "79.90")])
+        slip = buyer_applies(sb, number)
+        assert pending(shop_dsn, slip["billId"], timeout=10)["invoice_number"] == number
+    finally:
+        sb.proc.stop()
