@@ -4,7 +4,8 @@
     dsn = "postgresql://cdc_invoice@db/inventory"   # libpq; multi-host + target_session_attrs
     [provider]
     kind = "nuonuo"
-    base_url = "http://127.0.0.1:8708"
+    base_url = "http://127.0.0.1:8708"                # the sandbox; production: https://sdk.nuonuo.com
+    token_url = "http://127.0.0.1:8708/accessToken"   # default: https://open.nuonuo.com/accessToken
     [provider.credentials.main]                     # keyed by cdc_invoice.seller.seller_id
     app_key = "…"
     app_secret_file = "/run/credentials/cdc-invoice/main"   # or app_secret_env = "VAR_NAME"
@@ -68,7 +69,8 @@ class ProviderConfig:
         metadata={"doc": "gateway base, e.g. https://sdk.nuonuo.com or the sandbox"},
     )
     token_url: str = field(
-        default="", metadata={"doc": "token endpoint; empty = {base_url}/accessToken"}
+        default="https://open.nuonuo.com/accessToken",
+        metadata={"doc": "token endpoint (创建应用 doc); the sandbox's is {its url}/accessToken"},
     )
     timeout_seconds: float = field(default=10.0, metadata={"doc": "per HTTP call"})
     ca_file: str = field(default="", metadata={"doc": "CA bundle for TLS; empty = system CAs"})
@@ -105,6 +107,10 @@ class DaemonConfig:
         default=20.0, metadata={"doc": "SIGTERM: time to finish in-flight work"}
     )
     metrics_listen: str = field(default="", metadata={"doc": "host:port for /metrics, /healthz"})
+    buyer_slip_poll_seconds: float = field(
+        default=300.0,
+        metadata={"doc": "how often to copy red-letter slips buyers applied for; 0 = never"},
+    )
     callback: bool = field(
         default=False,
         metadata={"doc": "accept platform callbacks at /nuonuo/callback (on metrics_listen)"},

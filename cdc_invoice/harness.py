@@ -105,6 +105,11 @@ class Sandbox:
     state_file: Path
     verify: bool | str = True  # a CA file when the sandbox serves HTTPS with its own CA
 
+    @property
+    def token_url(self) -> str:
+        """The sandbox's token endpoint (the provider's default is the real platform's host)."""
+        return f"{self.url}/accessToken"
+
     def _verify(self) -> bool | ssl.SSLContext:
         return (
             ssl.create_default_context(cafile=self.verify) if isinstance(self.verify, str) else True
@@ -206,6 +211,12 @@ def write_config(
         "[provider]",
         'kind = "nuonuo"',
         f"base_url = {toml_value(sandbox.url)}",
+        # the sandbox serves its own token endpoint; the default is the real platform's host
+        *(
+            [f"token_url = {toml_value(sandbox.url + '/accessToken')}"]
+            if "token_url" not in (provider or {})
+            else []
+        ),
         f"timeout_seconds = {timeout_seconds!r}",
         *(f"{k} = {toml_value(v)}" for k, v in (provider or {}).items()),
         "",

@@ -303,13 +303,99 @@ BEGIN
     RETURN cdc_invoice._enqueue(v_inv, 'refresh', jsonb_build_object('requested_by', session_user));
 END $$;
 
--- Red-letter requests waiting for the buyer's confirmation (they expire after 72 hours).
+-- Red-letter requests waiting for the buyer's confirmation. They expire 72 hours after the
+-- slip's own time (billTime, 红字确认单查询 doc), which the daemon stores once it has seen the
+-- slip; until then the request's time stands in.
 CREATE OR REPLACE VIEW cdc_invoice.pending_red_slips AS
 SELECT r.id AS request_id, i.invoice_number, r.source, r.order_ref,
        r.progress ->> 'bill_id' AS bill_id, r.progress ->> 'slip_status' AS slip_status,
-       r.created_at AS requested_at, r.created_at + interval '72 hours' AS expires_at
+       r.created_at AS requested_at,
+       coalesce((r.progress ->> 'slip_time')::timestamptz, r.created_at) + interval '72 hours'
+           AS expires_at
   FROM cdc_invoice.request r JOIN cdc_invoice.invoice i ON i.id = r.invoice_id
  WHERE r.kind = 'reverse' AND r.state IN ('pending', 'claimed', 'submitted');
+
+-- Red-letter slips the BUYER applied for, waiting for the seller's answer (confirm_red_slip):
+-- with the blue invoice they reverse and the amounts. The platform voids a slip nobody answers
+-- 72 hours after its own time (slip_time), not after we saw it (红字确认单查询 doc, status 07).
+-- (Guarded: this file is re-applied on every install, and tests that rebuild an older schema
+-- apply it to tables from before version 9.)
+DO $$
+BEGIN
+    IF to_regclass('cdc_invoice.buyer_red_slip') IS NOT NULL THEN
+        CREATE OR REPLACE VIEW cdc_invoice.pending_buyer_red_slips AS
+        SELECT s.bill_id, s.bill_no, s.blue_invoice_number AS invoice_number, i.source,
+               i.order_ref, i.buyer_name, i.total_incl_tax AS blue_total_incl_tax,
+               i.status AS blue_status, s.red_reason, s.total_excl_tax, s.total_tax,
+               s.total_excl_tax + s.total_tax AS total_incl_tax, s.lines, s.slip_time,
+               s.slip_time + interval '72 hours' AS expires_at
+          FROM cdc_invoice.buyer_red_slip s JOIN cdc_invoice.invoice i ON i.id = s.invoice_id
+         WHERE s.platform_status = '03' AND s.decision IS NULL
+           AND s.slip_time + interval '72 hours' > now();
+        COMMENT ON VIEW cdc_invoice.pending_buyer_red_slips IS 'Buyer-initiated red-letter slips to answer with confirm_red_slip() before expires_at.';
+        IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cdc_invoice_reader') THEN
+            GRANT SELECT ON cdc_invoice.pending_buyer_red_slips TO cdc_invoice_reader;
+        END IF;
+    END IF;
+END $$;
+
+-- confirm_red_slip(): the seller's answer to a buyer's slip. agree = true: the platform issues
+-- the red invoice (electronic blue) and the daemon records it against its blue; false: the slip
+-- is refused (06). Carried out by the daemon (nuonuo.OpeMplatform.confirm, 红字确认单确认 doc).
+CREATE OR REPLACE FUNCTION cdc_invoice.confirm_red_slip(bill_id text, agree boolean)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_slip record;  -- a buyer_red_slip row (record: the table is new in version 9)
+    v_inv  cdc_invoice.invoice;
+    v_id   bigint;
+BEGIN
+    IF agree IS NULL THEN
+        RAISE EXCEPTION 'agree must be true (confirm the slip) or false (refuse it)'
+            USING ERRCODE = 'CI001',
+            HINT = format('SELECT cdc_invoice.confirm_red_slip(%L, true)', confirm_red_slip.bill_id);
+    END IF;
+    SELECT * INTO v_slip FROM cdc_invoice.buyer_red_slip s
+     WHERE s.bill_id = confirm_red_slip.bill_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no buyer red-letter slip %', quote_nullable(confirm_red_slip.bill_id)
+            USING ERRCODE = 'CI005',
+            HINT = 'SELECT bill_id, invoice_number, total_incl_tax FROM cdc_invoice.pending_buyer_red_slips';
+    END IF;
+    IF v_slip.decision IS NOT NULL THEN
+        RAISE EXCEPTION 'slip % was already answered (%) by % at %', v_slip.bill_id,
+            CASE WHEN v_slip.decision THEN 'agreed' ELSE 'refused' END, v_slip.decided_by,
+            v_slip.decided_at USING ERRCODE = 'CI006',
+            HINT = format('SELECT state, last_error FROM cdc_invoice.request WHERE id = %s', v_slip.request_id);
+    END IF;
+    IF v_slip.invoice_id IS NULL THEN
+        RAISE EXCEPTION 'slip % reverses invoice %, which cdc-invoice did not issue',
+            v_slip.bill_id, v_slip.blue_invoice_number USING ERRCODE = 'CI006',
+            HINT = 'answer it where that invoice was issued (the platform''s portal)';
+    END IF;
+    IF v_slip.platform_status <> '03' THEN
+        RAISE EXCEPTION 'slip % no longer waits for the seller (platform status %)',
+            v_slip.bill_id, v_slip.platform_status USING ERRCODE = 'CI006',
+            HINT = '07 means the 72 hours passed, 08 that the buyer withdrew it: nothing to answer';
+    END IF;
+    IF v_slip.slip_time + interval '72 hours' <= now() THEN
+        RAISE EXCEPTION 'slip % expired at % (72 hours after the buyer''s slip time)',
+            v_slip.bill_id, v_slip.slip_time + interval '72 hours' USING ERRCODE = 'CI006',
+            HINT = 'the platform voids it (07); the buyer has to apply again';
+    END IF;
+    SELECT * INTO v_inv FROM cdc_invoice.invoice i WHERE i.id = v_slip.invoice_id FOR UPDATE;
+    IF agree THEN
+        PERFORM cdc_invoice._refuse_if_busy(v_inv, ARRAY['reverse', 'void', 'confirm_slip']);
+    END IF;
+    v_id := cdc_invoice._enqueue(v_inv, 'confirm_slip',
+        jsonb_build_object('bill_id', v_slip.bill_id, 'agree', agree,
+                           'reason', v_slip.red_reason, 'requested_by', session_user));
+    UPDATE cdc_invoice.buyer_red_slip s
+       SET decision = agree, decided_by = session_user, decided_at = now(), request_id = v_id,
+           updated_at = now()
+     WHERE s.bill_id = v_slip.bill_id;
+    RETURN v_id;
+END $$;
 
 -- The latest reconciliation of each day and seller: what differs between us and the platform.
 CREATE OR REPLACE VIEW cdc_invoice.report_reconciliation AS

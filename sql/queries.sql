@@ -405,3 +405,44 @@ UPDATE cdc_invoice.request
  WHERE state = 'submitted' AND claimed_by IS NULL
    AND (platform_order_no = ANY(%(bases)s) OR platform_serial = ANY(%(serials)s))
 RETURNING id;
+
+-- name: upsert_buyer_slip
+-- A slip the buyer applied for, as the platform lists it (daemon/buyer_slips.py). The blue is
+-- matched by number among this seller's blue invoices; NULL: not ours. Inserted rows report
+-- inserted = true so that an event is written once per slip.
+INSERT INTO cdc_invoice.buyer_red_slip AS s
+       (bill_id, seller_id, bill_no, bill_uuid, invoice_id, blue_invoice_number, red_reason,
+        slip_time, total_excl_tax, total_tax, lines, platform_status)
+SELECT %(bill_id)s, %(seller_id)s, %(bill_no)s, %(bill_uuid)s,
+       (SELECT i.id FROM cdc_invoice.invoice i
+         WHERE i.invoice_number = %(blue_number)s AND i.kind = 'blue'
+           AND i.seller_id = %(seller_id)s),
+       %(blue_number)s, %(red_reason)s, %(slip_time)s, %(total_excl_tax)s, %(total_tax)s,
+       %(lines)s, %(status)s
+    ON CONFLICT (bill_id) DO UPDATE
+   SET platform_status = EXCLUDED.platform_status,
+       invoice_id = coalesce(s.invoice_id, EXCLUDED.invoice_id),
+       updated_at = now()
+ WHERE s.platform_status IS DISTINCT FROM EXCLUDED.platform_status OR s.invoice_id IS NULL
+RETURNING (xmax = 0) AS inserted, s.invoice_id, s.bill_id;
+
+-- name: buyer_slips_gone
+-- Unanswered slips of a seller the platform no longer lists as 03 (withdrawn 08, expired 07).
+-- Only rows not written since the listing began: another daemon's newer listing wins.
+UPDATE cdc_invoice.buyer_red_slip
+   SET platform_status = 'gone', updated_at = now()
+ WHERE seller_id = %(seller_id)s AND platform_status = '03' AND decision IS NULL
+   AND NOT (bill_id = ANY(%(listed)s)) AND updated_at < %(listed_at)s;
+
+-- name: buyer_slip_event
+INSERT INTO cdc_invoice.event (invoice_id, source, order_ref, event, detail)
+SELECT i.id, i.source, i.order_ref, 'red_slip.buyer_applied', %(detail)s
+  FROM cdc_invoice.invoice i WHERE i.id = %(invoice_id)s;
+
+-- name: load_buyer_slip
+SELECT bill_id, lines, red_reason, platform_status FROM cdc_invoice.buyer_red_slip
+ WHERE bill_id = %(bill_id)s;
+
+-- name: set_buyer_slip_status
+UPDATE cdc_invoice.buyer_red_slip SET platform_status = %(status)s, updated_at = now()
+ WHERE bill_id = %(bill_id)s;

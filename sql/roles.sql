@@ -86,7 +86,8 @@ BEGIN
         END IF;
         EXECUTE format('GRANT EXECUTE ON FUNCTION cdc_invoice.retry(bigint), cdc_invoice.retry_failed(text),
             cdc_invoice.request_reversal(text, text, jsonb), cdc_invoice.request_void(text, text),
-            cdc_invoice.request_delivery(text, text, text), cdc_invoice.request_refresh(text)
+            cdc_invoice.request_delivery(text, text, text), cdc_invoice.request_refresh(text),
+            cdc_invoice.confirm_red_slip(text, boolean)
             TO %I', v_operator);
         -- `cdc-invoice archive retry` puts failed fetches back
         EXECUTE format('GRANT UPDATE (state, attempts, run_after, last_error, updated_at)
@@ -102,6 +103,10 @@ BEGIN
                         TO %I', v_daemon);
         EXECUTE format('GRANT SELECT, INSERT ON cdc_invoice.event, cdc_invoice.reconciliation TO %I',
                        v_daemon);
+        -- buyer-initiated red-letter slips: copied from the platform, answered by the daemon
+        IF to_regclass('cdc_invoice.buyer_red_slip') IS NOT NULL THEN
+            EXECUTE format('GRANT SELECT, INSERT, UPDATE ON cdc_invoice.buyer_red_slip TO %I', v_daemon);
+        END IF;
         -- a whole-order reversal (attach's reverse_when) becomes one request per invoice
         EXECUTE format('GRANT EXECUTE ON FUNCTION cdc_invoice.request_reversal(text, text, jsonb),
             cdc_invoice.platform_order_no(bigint, integer) TO %I', v_daemon);

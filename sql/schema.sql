@@ -96,7 +96,7 @@ CREATE TABLE cdc_invoice.request (
     id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     source            text NOT NULL,
     order_ref         text NOT NULL,
-    kind              text NOT NULL CHECK (kind IN ('issue', 'reverse', 'void', 'deliver', 'refresh')),
+    kind              text NOT NULL CHECK (kind IN ('issue', 'reverse', 'void', 'deliver', 'refresh', 'confirm_slip')),
     seq               integer NOT NULL DEFAULT 1,
     state             text NOT NULL DEFAULT 'pending'
                       CHECK (state IN ('pending', 'claimed', 'submitted', 'done', 'failed', 'cancelled')),
@@ -300,6 +300,30 @@ CREATE INDEX invoice_file_fetch_due_idx ON cdc_invoice.invoice_file_fetch (run_a
 CREATE INDEX invoice_file_fetch_open_idx ON cdc_invoice.invoice_file_fetch (state)
     WHERE state <> 'done';
 
+-- Red-letter slips the BUYER applied for (03 购方录入待销方确认): the seller answers them with
+-- confirm_red_slip() within 72 hours of slip_time (红字确认单查询/确认 docs).
+CREATE TABLE cdc_invoice.buyer_red_slip (
+    bill_id             text PRIMARY KEY,          -- the platform's 申请号
+    seller_id           text NOT NULL,
+    bill_no             text,
+    bill_uuid           text,
+    invoice_id          bigint REFERENCES cdc_invoice.invoice,  -- our blue; NULL: not ours
+    blue_invoice_number text NOT NULL,
+    red_reason          text NOT NULL,
+    slip_time           timestamptz NOT NULL,      -- billTime: the 72 hours count from here
+    total_excl_tax      numeric(18,2) NOT NULL,    -- negative, as on the slip
+    total_tax           numeric(18,2) NOT NULL,
+    lines               jsonb NOT NULL,
+    platform_status     text NOT NULL,             -- billStatus when last seen
+    decision            boolean,                   -- the seller's answer: true = agree
+    decided_by          text,
+    decided_at          timestamptz,
+    request_id          bigint REFERENCES cdc_invoice.request,
+    first_seen          timestamptz NOT NULL DEFAULT now(),
+    updated_at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX buyer_red_slip_invoice_idx ON cdc_invoice.buyer_red_slip (invoice_id);
+
 INSERT INTO cdc_invoice.schema_version (version, description) VALUES (1, 'initial'), (2, 'reconciliation'),
     (3, 'document json'), (4, 'red invoice index'), (5, 'tamper evident'), (6, 'finance'),
-    (7, 'invoice files'), (8, 'lifecycle');
+    (7, 'invoice files'), (8, 'lifecycle'), (9, 'buyer red slip');

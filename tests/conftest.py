@@ -43,6 +43,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "e2e" in parts:
             item.add_marker(pytest.mark.e2e)
             item.add_marker(pytest.mark.db)
+        if "conformance" in parts:
+            item.add_marker(pytest.mark.conformance)
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
-"""Lifecycle requests asked for in SQL: reverse (红冲), void (作废), deliver, refresh.
+"""Lifecycle requests asked for in SQL: reverse (红冲), void (作废), deliver, refresh, and
+confirm_slip (the seller's answer to a buyer's 红字确认单, daemon/buyer_slips.py).
 
 Red-letter reversal of a 数电 invoice goes through a confirmation slip (红字确认单):
   apply for the slip (bill_id = our idempotency key) -> poll it -> ready: the platform issues
@@ -12,6 +13,7 @@ A whole-order reversal (attach's reverse_when) settles the order's issue request
 one failed with parts at the platform refuses the reversal with the fix; a returned order nets
 to zero (docs/reliability.md, "Lifecycle rules"). Every request ends: unexpected errors are
 caught per request and retries are capped by ``max_attempts`` (handler.py).
+An agreed buyer slip is polled like a reversal's slip: its red invoice is recorded the same way.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import logging
 from decimal import Decimal
 from typing import Any
 
+from cdc_invoice.daemon import buyer_slips
 from cdc_invoice.daemon.drafts import draft_from_json, draft_to_json, invoice_row, order_no
 from cdc_invoice.daemon.handler import Handler
+from cdc_invoice.db.queries import q
 from cdc_invoice.db.repository import ClaimedRequest, DatabaseUnavailable, Fence
 from cdc_invoice.errors import (
     InvalidOrder,
@@ -37,7 +41,7 @@ from cdc_invoice.providers.base import InvoiceRef
 
 log = logging.getLogger(__name__)
 
-KINDS = ("reverse", "void", "deliver", "refresh")
+KINDS = ("reverse", "void", "deliver", "refresh", "confirm_slip")
 PAPER = ("es", "ec", "c", "s")  # the only kinds that can be voided or need fastInvoiceRed
 SLIP_POLL_SECONDS = 30.0  # a slip waiting for the buyer: no hurry
 MAX_VOID_POLLS = 120
@@ -55,6 +59,8 @@ class Lifecycle(Handler):
                 await self._deliver(req, fence)
             elif req.kind == "refresh":
                 await self._refresh(req, fence)
+            elif req.kind == "confirm_slip":
+                await self._start_confirm(req, fence)
             else:
                 raise InvalidOrder([Problem(f"unknown request kind {req.kind!r}")])
         except (OrderError, RequestRefused) as exc:
@@ -75,7 +81,7 @@ class Lifecycle(Handler):
         for req in reqs:
             fence = Fence(req.id, req.attempt)
             try:
-                if req.kind == "reverse":
+                if req.kind in ("reverse", "confirm_slip"):  # an agreed buyer slip: same poll
                     await self._poll_reverse(req, fence)
                 elif req.kind == "void":
                     await self._poll_void(req, fence)
@@ -198,7 +204,9 @@ class Lifecycle(Handler):
                 await self.repo.release_poll([fence], self.result_poll_seconds)
                 return
             progress["slip_status"] = slip.status
-            if slip.status == "awaiting_buyer":
+            if slip.bill_time is not None:  # the 72 h count from the slip's time, not ours
+                progress["slip_time"] = slip.bill_time.isoformat()
+            if slip.status in ("awaiting_buyer", "awaiting_seller"):
                 await self.repo.update_progress(fence, progress, SLIP_POLL_SECONDS)
                 return
             if slip.status in ("cancelled", "failed"):
@@ -259,6 +267,81 @@ class Lifecycle(Handler):
                 found.number,
                 status,
             )
+
+    # --- a buyer's slip: the seller's answer (confirm_red_slip) --------------------------------
+
+    async def _start_confirm(self, req: ClaimedRequest, fence: Fence) -> None:
+        """Answer a buyer's slip (红字确认单确认 doc); on agreement the platform issues the red
+        invoice itself and the request then polls it like a reversal (_poll_reverse)."""
+        params = req.params or {}
+        bill_id, agree = str(params["bill_id"]), bool(params["agree"])
+        inv, seller, _ = await self._invoice(req)
+        red_order_no = order_no(req.platform_order_no, 1)
+        # Always ask first: an earlier attempt's answer may have been lost (confirm acts).
+        slip = await self._timed("query_red_slip", self.provider.query_red_slip(seller, bill_id))
+        if slip is None:
+            raise ProviderRejected(
+                f"the platform has no red-letter slip {bill_id}", code="SLIP_UNKNOWN"
+            )
+        if slip.status == "awaiting_seller":
+            await self._timed(
+                "confirm_slip",
+                self.provider.confirm_red_slip(seller, bill_id, agree, red_order_no),
+            )
+        elif slip.status_code not in ("04", "06"):  # 04/06: our answer already arrived
+            await self._fail(
+                req,
+                fence,
+                f"red-letter slip {bill_id} no longer waits for the seller: "
+                f"{slip.status_code} {slip.message or ''}".strip(),
+                f"SLIP_{slip.status_code}",
+                "07: the 72 hours passed; 08: the buyer withdrew it — nothing to answer",
+            )
+            return
+        status = "04" if agree else "06"
+        async with self.repo.connection() as conn:
+            await conn.execute(q("set_buyer_slip_status"), {"bill_id": bill_id, "status": status})
+        if not agree:
+            await self.repo.finish(
+                fence,
+                [],
+                {
+                    "event": "red_slip.refused",
+                    "invoice_id": inv["id"],
+                    "source": req.source,
+                    "order_ref": req.order_ref,
+                    "detail": {"bill_id": bill_id, "invoice": inv["invoice_number"]},
+                },
+            )
+            return
+        async with self.repo.connection() as conn:
+            row = await (await conn.execute(q("load_buyer_slip"), {"bill_id": bill_id})).fetchone()
+        if row is None:
+            raise InvalidOrder([Problem(f"buyer red-letter slip {bill_id} is not recorded")])
+        blue = await self.repo.invoice_lines(inv["id"])
+        draft = _red_draft(inv, buyer_slips.red_lines(list(row[1]), blue))
+        await self.repo.mark_submitted(
+            fence,
+            {
+                "stage": "slip",
+                "bill_id": bill_id,
+                "red_order_no": red_order_no,
+                "reason": str(row[2]),
+                "draft": draft_to_json(draft),
+            },
+            None,
+            self.result_poll_seconds,
+            event={
+                "event": "platform.red_slip_confirmed",
+                "source": req.source,
+                "order_ref": req.order_ref,
+                "detail": {
+                    "bill_id": bill_id,
+                    "invoice": inv["invoice_number"],
+                    "total": str(draft.total_incl_tax),
+                },
+            },
+        )
 
     # --- void --------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from cdc_invoice import config as cfg
 from cdc_invoice.archive import keep
 from cdc_invoice.archive.fetcher import Archiver
 from cdc_invoice.config import Config, read_secret_file
-from cdc_invoice.daemon import callback, health, metrics, systemd
+from cdc_invoice.daemon import buyer_slips, callback, health, metrics, systemd
 from cdc_invoice.daemon.handler import Stats
 from cdc_invoice.daemon.issuer import Issuer, SellerCache
 from cdc_invoice.daemon.listener import Listener
@@ -112,6 +112,7 @@ async def run(
     observer = metrics.PrometheusObserver(registry)
     monitor = health.LoopMonitor()
     wake = asyncio.Event()
+    slips_hint = asyncio.Event()  # a red-letter callback: list buyer slips now
     listener = Listener(dsn, wake)
     issuer = Issuer(
         repo,
@@ -185,7 +186,7 @@ async def run(
         if d.metrics_listen:
             app = metrics.make_app(registry, snapshot, live)
             if d.callback:
-                callback.add_route(app, repo, wake)
+                callback.add_route(app, repo, wake, slips_hint)
             http, url = await metrics.serve(app, d.metrics_listen)
             log.info("metrics at %s/metrics, health at %s/healthz", url, url)
     except BaseException:
@@ -275,6 +276,16 @@ async def run(
             name="sd-watchdog",
         ),
         asyncio.create_task(systemd.report_status(notifier, status), name="sd-status"),
+        asyncio.create_task(
+            buyer_slips.run(
+                repo,
+                provider,
+                lambda: current.daemon.buyer_slip_poll_seconds,
+                stop,
+                slips_hint,
+            ),
+            name="buyer-slips",
+        ),
     ]
     if archiver is not None:  # off the hot path: its own task, restarted if it ever fails
         service.append(asyncio.create_task(archiver.run_forever(), name="archiver"))
@@ -337,6 +348,7 @@ RELOADABLE = (
     "daemon.max_backoff_seconds",
     "daemon.max_attempts",
     "daemon.shutdown_grace_seconds",
+    "daemon.buyer_slip_poll_seconds",  # read by buyer_slips.run each round
     "daemon.log_format",
     "daemon.log_level",
 )

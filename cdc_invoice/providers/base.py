@@ -85,8 +85,11 @@ class InvoiceRef:
 
 # Red-letter confirmation slip (红字确认单) states, normalised (Nuonuo billStatus in brackets):
 #   applying [15]  ready [01 no confirmation needed, 04 confirmed by both]
-#   awaiting_buyer [02, 03]  cancelled [05, 06, 07 expired after 72 h, 08, 09]  failed [16]
-SlipStatus = Literal["applying", "ready", "awaiting_buyer", "cancelled", "failed"]
+#   awaiting_buyer [02]  awaiting_seller [03: the buyer applied; the seller must confirm]
+#   cancelled [05, 06, 07 expired after 72 h, 08, 09]  failed [16]
+SlipStatus = Literal[
+    "applying", "ready", "awaiting_buyer", "awaiting_seller", "cancelled", "failed"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,37 @@ class RedSlip:
     red_serial: str | None = None
     red_order_no: str | None = None
     message: str | None = None
+    bill_time: datetime | None = None  # billTime: the 72 h for the other side count from here
+
+
+@dataclass(frozen=True, slots=True)
+class BuyerSlipLine:
+    """One line of a buyer-initiated slip: which blue line, and the (negative) red amounts."""
+
+    blue_line_no: int  # blueDetailIndex
+    name: str
+    tax_code: str | None
+    tax_rate: Decimal
+    quantity: Decimal | None
+    unit_price: Decimal | None  # excl. tax
+    amount_excl_tax: Decimal
+    tax: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class BuyerSlip:
+    """A 红字确认单 the buyer applied for (applySource 1, status 03 until the seller answers)."""
+
+    bill_id: str
+    bill_no: str | None
+    bill_uuid: str | None
+    status_code: str
+    blue_number: str
+    red_reason: str
+    bill_time: datetime  # the slip's own time: the 72 h for an answer count from here
+    total_excl_tax: Decimal
+    total_tax: Decimal
+    lines: tuple[BuyerSlipLine, ...]
 
 
 class Provider(Protocol):
@@ -148,6 +182,17 @@ class Provider(Protocol):
 
     async def query_red_slip(self, seller: Seller, bill_id: str) -> RedSlip | None:
         """The slip by our bill_id (queryInvoiceRedConfirm); None if the platform has none."""
+        ...
+
+    async def list_buyer_slips(self, seller: Seller, since: datetime) -> list[BuyerSlip]:
+        """Slips the buyer applied for that wait for this seller (status 03), since ``since``."""
+        ...
+
+    async def confirm_red_slip(
+        self, seller: Seller, bill_id: str, agree: bool, red_order_no: str
+    ) -> None:
+        """The seller's answer to a buyer's slip (confirm); on agreement the platform issues the
+        red invoice of an electronic blue itself, under ``red_order_no``."""
         ...
 
     async def issue_red_from_slip(

@@ -6,10 +6,12 @@ Programmatic use (in-process tests)::
     ... talk to running.url ...
     await running.stop()
 
-The checks are written from reference/nuonuo.md on their own and never import the domain or the
-adapter, so the sandbox cannot share their mistakes. Every response code the platform does not
-document is an assumption, listed in ``cdc_invoice.sandbox.codes``: notably 070301 for an
-invalid or expired accessToken and 070302 for a bad signature or stale timestamp (±300 s).
+The checks are written from the Nuonuo doc pages on their own and never import the domain or the
+adapter, so the sandbox cannot share their mistakes; each behaviour names its doc page (see
+``cdc-invoice sandbox --help``). Every response code the platform does not document is an
+assumption, listed in ``cdc_invoice.sandbox.codes`` and docs/platform-assumptions.md: notably
+070301 for an invalid or expired accessToken and 070601 (the live 签名不匹配) also for a stale
+timestamp (±300 s).
 """
 
 from cdc_invoice.sandbox.options import RuntimeConfig, SandboxOptions

@@ -1,12 +1,13 @@
 """Token issuance (§2.2) and gateway request authentication (§2.3, §2.4).
 
 Gateway checks, in order: Content-Type → appkey known (070101) → senid/nonce/timestamp present and
-the signature verifies over the body exactly as received, decoded as UTF-8 (070302) → timestamp
-within ±``timestamp_window_s`` of the real clock (070302) → accessToken issued to this app and not
+the signature verifies over the body exactly as received, decoded as UTF-8 (070601 签名不匹配,
+as the real sandbox answers: jellyfrank/nuonuo-sdk docs/sandbox-validation.md) → timestamp
+within ±``timestamp_window_s`` of the real clock (070601) → accessToken issued to this app and not
 expired on the sandbox clock (070301) → method known (070303).
 
-ASSUMPTION: 070301 (token) and 070302 (signature, timestamp) are our choice — the real codes are
-undocumented. See codes.py for the full list.
+ASSUMPTION: 070301 (token), 070303 (method) and 070601 for a stale timestamp are our choice — the
+real codes are undocumented. See codes.py for the full list.
 """
 
 from __future__ import annotations
@@ -103,12 +104,12 @@ class Auth:
         signature = headers.get("X-Nuonuo-Sign", "")
         if not (senid and nonce and timestamp.isdigit() and signature):
             return Rejection(
-                codes.BAD_SIGNATURE, "签名验证失败:缺少senid/nonce/timestamp或X-Nuonuo-Sign"
+                codes.BAD_SIGNATURE, "签名不匹配:缺少senid/nonce/timestamp或X-Nuonuo-Sign"
             )
         try:
             content = body.decode("utf-8")
         except UnicodeDecodeError:
-            return Rejection(codes.BAD_SIGNATURE, "签名验证失败:报文不是UTF-8编码")
+            return Rejection(codes.BAD_SIGNATURE, "签名不匹配:报文不是UTF-8编码")
         if not signing.verify(
             signature,
             app_secret=secret,
@@ -118,12 +119,12 @@ class Auth:
             timestamp=timestamp,
             content=content,
         ):
-            return Rejection(codes.BAD_SIGNATURE, "签名验证失败")
+            return Rejection(codes.BAD_SIGNATURE, "签名不匹配")
         # Real time, not the sandbox clock: clients sign with their own wall clock.
         if abs(time.time() - int(timestamp)) > self._options.timestamp_window_s:
             return Rejection(
                 codes.BAD_SIGNATURE,
-                f"签名验证失败:timestamp与服务器时间相差超过{self._options.timestamp_window_s}秒",
+                f"签名不匹配:timestamp与服务器时间相差超过{self._options.timestamp_window_s}秒",
             )
         token = self._store.tokens.get(headers.get("accessToken", ""))
         if token is None or token.app_key != app_key or token.expires_at <= self._clock.now():

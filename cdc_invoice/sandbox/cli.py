@@ -26,32 +26,47 @@ SECRET_ENV = "CDC_INVOICE_SANDBOX_APP_SECRET"  # noqa: S105 - the variable's nam
 _HELP = f"""Run a local e-invoice platform that speaks the Nuonuo open-platform protocol.
 
 \b
-It serves the same two endpoints as the real platform, so the daemon only needs another
-base URL and credentials:
-  POST /accessToken                       token (50 per app per 30 days, 24 h each)
+It serves the same endpoints as the real platform; the daemon needs its base URL, its token
+URL ({{url}}/accessToken — the real one is https://open.nuonuo.com/accessToken) and credentials.
+Each behaviour follows a Nuonuo doc page (ourworldcn/PowerLms 诺诺网接口/数电发票/…md) or a live
+answer; what no source documents is an assumption (docs/platform-assumptions.md).
+
+\b
+  POST /accessToken       client_credentials token, 24 h, 50 per app per 30 days;
+                          errors 070304/070305/070306/070307/070315      [创建应用.md]
   POST /open/v1/services?senid&nonce&timestamp&appkey
-                                          signed calls: requestBillingNew, queryInvoiceResult,
-                                          reInvoice, deliveryInvoice, invoiceCancellation,
-                                          saveInvoiceRedConfirm, queryInvoiceRedConfirm,
-                                          fastInvoiceRed, confirmInfoCancel, queryInvoiceList
+                          X-Nuonuo-Sign = HMAC-SHA1 over the exact body  [开放平台加密说明.md]
+                          bad signature: 070601 签名不匹配  [nuonuo-sdk sandbox-validation.md]
+                          bad/expired token 070301, timestamp ±300 s     [assumptions]
+    requestBillingNew     E4000 for a missing/wrong field, E9106 duplicate orderNo, E9130,
+                          E9131 (0.06 per line), discount pairs E9105-E9114, accepts the
+                          example's "0" flags; status 20 -> 21 -> 2 after --issue-delay-ms,
+                          22 on the 1.27 invoice rule or the monthly quota
+                                                [1.…请求开具发票接口…md 返回码/请求示例]
+    reInvoice             a 22 again under the same serial, E9613 after 20 [2.…开票重试…md]
+    queryInvoiceResult    serialNos/orderNos ≤ 50, E9500/E9601/E9611     [4.…发票详情查询…md]
+                          status 24 (issued, seal failed: the invoice exists, number and
+                          date given) for a share --fault-sign-failed    [4.…发票详情查询…md]
+    deliveryInvoice       E9999 for an unknown invoice                  [5.…发票重新交付…md]
+    saveInvoiceRedConfirm 15 -> 01 (or 02 when red_requires_confirmation), blue number in
+                          blueElecInvoiceNumber or a 20-digit blueInvoiceNumber
+                                                           [红字确认单申请接口…md]
+    queryInvoiceRedConfirm  code "0000", top-level total/list          [红字确认单查询接口…md]
+    confirm               the seller's answer to a buyer slip (03 -> 04/06; 07 after 72 h
+                          from its billTime), red invoice issued on 04   [红字确认单确认接口…md]
+    fastInvoiceRed, confirmInfoCancel                  [3.…发票快捷冲红…md, 红字确认单撤销接口…md]
+    invoiceCancellation (never for 数电 pc/bs), queryInvoiceList        [assumptions]
+  --callback-url URL      opt-in: POST results there — FORM operater=callback, JSON
+                          operater=redConfirmCallback   [回传开票结果对接文档V1.1.1 §一/§五]
 
 \b
-It is strict: it verifies X-Nuonuo-Sign over the exact body, the timestamp (±300 s) and
-the token; rejects duplicate order numbers (E9106), line tax errors over 0.06 (E9131),
-ex + tax != incl (E9130), bad discount pairs, missing codes; fails invoices whose total tax
-is off by more than 1.27 or that exceed the monthly quota (status 22; reInvoice retries a
-22 under the same serial, E9613 after 20: 开票重试 doc); issues 20-digit 数电 numbers after
---issue-delay-ms (status 20 -> 21 -> 2, or 24 issued-but-seal-failed with
---fault-sign-failed: 发票详情查询 doc). State lives in --state and
-survives restarts. Test helpers live under /_sandbox/ (invoices, stats, config, clock).
-
-\b
+State lives in --state and survives restarts. Test helpers live under /_sandbox/
+(invoices, slips, slips/buyer — the buyer starts a slip —, callbacks, stats, config, clock).
 The app secret is read from --app-secret-file or ${SECRET_ENV}
 (never from argv). Prints "sandbox listening on http://HOST:PORT" once ready;
 SIGTERM/SIGINT stop it cleanly. The four gateway fault rates are exclusive and must
-add up to at most 1. Codes the real platform does not document are assumptions:
-070301 bad/expired token, 070302 bad signature or stale timestamp (see
-cdc_invoice/sandbox/codes.py for the full list).
+add up to at most 1. Codes the real platform does not document are listed in
+cdc_invoice/sandbox/codes.py and docs/platform-assumptions.md.
 
 \b
 Example:
@@ -210,6 +225,11 @@ def _quota(_ctx: click.Context, _param: click.Parameter, value: str) -> Decimal:
     help="The private key of --tls-cert.",
 )
 @click.option(
+    "--callback-url",
+    metavar="URL",
+    help="Send result callbacks there (FORM callback, JSON redConfirmCallback); off by default.",
+)
+@click.option(
     "--seed",
     type=int,
     default=0,
@@ -235,6 +255,7 @@ def sandbox(
     token_limit: int,
     tls_cert: Path | None,
     tls_key: Path | None,
+    callback_url: str | None,
     seed: int,
 ) -> None:
     try:
@@ -271,6 +292,7 @@ def sandbox(
         runtime=runtime,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        callback_url=callback_url,
     )
     try:
         asyncio.run(_serve(options))

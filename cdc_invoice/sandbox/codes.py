@@ -1,16 +1,20 @@
 """Response codes the sandbox returns, with where each one comes from.
 
-Documented by Nuonuo (reference/nuonuo.md §2.2, §2.10): E0000, E9101-E9131, E9138, E9301, E9302,
-E9500, E9601, E9611, E9999 and the token errors 070304-070307, 070315, 070101.
+Documented by Nuonuo: E0000; E4000 接口调用失败 for a missing or wrong private parameter and
+E9101-E9131, E9138, E9154, E9301, E9302, E9338 (requestBillingNew doc,
+1.诺诺开放平台诺税通saas请求开具发票接口…【外部用】.md, 返回码); E9613 (开票重试 doc); E9500, E9601,
+E9611 (发票详情查询 doc); E9999 (发票重新交付 doc); the token errors 070304-070307, 070315
+(创建应用.md) and 070101; 070601 签名不匹配 for a bad X-Nuonuo-Sign (jellyfrank/nuonuo-sdk
+docs/sandbox-validation.md, a live answer of sandbox.nuonuocs.cn).
 
-ASSUMPTIONS — the real platform's codes for these cases are not documented; the sandbox picks:
+ASSUMPTIONS (docs/platform-assumptions.md) — the real platform's codes for these are not documented:
   070301  accessToken invalid or expired ("accessToken无效或已过期")
-  070302  bad X-Nuonuo-Sign, missing senid/nonce/timestamp, or a timestamp outside ±300 s of the
-          sandbox host's clock ("签名验证失败")
+  070601  also for missing senid/nonce/timestamp and for a timestamp outside ±300 s of the sandbox
+          host's clock (the window itself is undocumented)
   070303  unknown ``method`` header
   070315  gateway request whose Content-Type is not application/json (the documented token code)
-  E9100   a required field missing or malformed where the platform documents no specific code
-  E9132   |price × num − amount| > 0.01 on the price's basis (乐企 line rule, §3.3)
+  E4000   every missing or malformed field where the doc names no more specific code (the doc's
+          own wording: "必填字段没有传值，或者传的值不对")
   E9124-E9129  per field: incl. amount too long / not a number (E9124/E9125), excl. amount
           (E9126/E9127), tax (E9128/E9129)
   E9601   query with more than 50 serials or order numbers (documented as "query error")
@@ -20,7 +24,9 @@ ASSUMPTIONS — the real platform's codes for these cases are not documented; th
   E9202   void of an invoice that is not issued (status ≠ 2)
   E9103   red-letter slip for a blue invoice that is already fully reversed, or whose lines would
           exceed what is left of the blue lines (cumulative limit)
-  E9400   red-letter slip / query errors that have no documented code (unknown slip, bad detail)
+  E4000   also on the red-letter pages, which document no error code at all (unknown slip, detail
+          that does not match the blue, |price × num − amount| > 0.01): the platform's generic
+          "parameter missing or wrong" answer, so a refused slip ends with its reason
   E9999   saveInvoiceRedConfirm with a billId already used ("申请号重复", as one client's tests
           expect; documented only as deliveryInvoice's "invoice not found")
   E9117/E9118  slip buyer name / tax number ≠ the blue invoice's (documented for legacy red)
@@ -35,9 +41,10 @@ from __future__ import annotations
 from typing import Final
 
 OK: Final = "E0000"
-MALFORMED: Final = "E9100"
+RED_QUERY_OK: Final = "0000"  # queryInvoiceRedConfirm only: its doc's 响应参数 example
+MALFORMED: Final = "E4000"
 TOKEN_INVALID: Final = "070301"
-BAD_SIGNATURE: Final = "070302"
+BAD_SIGNATURE: Final = "070601"
 UNKNOWN_METHOD: Final = "070303"
 BAD_CONTENT_TYPE: Final = "070315"
 UNKNOWN_APP: Final = "070101"
@@ -47,7 +54,7 @@ QUERY_EMPTY: Final = "E9611"
 VOID_NOT_ALLOWED: Final = "E9201"
 VOID_BAD_STATE: Final = "E9202"
 RED_EXCEEDED: Final = "E9103"
-RED_INVALID: Final = "E9400"
+RED_INVALID: Final = MALFORMED  # E4000: see above
 DELIVERY_NOT_FOUND: Final = "E9999"
 
 # Token endpoint (§2.2): {"error": code, "error_description": text}

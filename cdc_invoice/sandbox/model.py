@@ -164,6 +164,8 @@ class RedSlip:
 
     billStatus: 15 申请中 → 01 无需确认 (or 02 待购方确认 → 04 已确认 / 05 购方否认 / 07 超72小时)
     → the red invoice (auto-issued for pc/bs; fastInvoiceRed for es/ec). 08/09 withdrawn.
+    A buyer-initiated slip (apply_source "1") starts at 03 购方录入待销方确认 and waits for the
+    seller's ``confirm`` (04 / 06 销方否认), or 07 after 72 h from its billTime.
     """
 
     bill_id: str
@@ -189,6 +191,7 @@ class RedSlip:
     red_serial: str = ""
     phone: str = ""
     email: str = ""
+    apply_source: str = "0"  # 0 销方 录入 (saveInvoiceRedConfirm), 1 购方 (the buyer, 03 → confirm)
 
     @property
     def total_ex(self) -> Decimal:

@@ -96,6 +96,7 @@ class SandboxOptions:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     tls_cert: Path | None = None  # serve HTTPS with this certificate chain (PEM) …
     tls_key: Path | None = None  # … and its private key (PEM)
+    callback_url: str | None = None  # opt-in: POST results there (callbacks.py)
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -7,8 +7,11 @@ invoice, §3.7). A 02 slip not confirmed within 72 h (sandbox clock) becomes 07.
 invoice of a pc/bs blue is issued automatically (it then goes 20 → 21 → 2 like a blue one);
 es/ec need fastInvoiceRed.
 
-ASSUMPTIONS: E9999 for a reused billId (as one client's tests expect), E9400 for slip errors with
-no documented code; the result of queryInvoiceRedConfirm is ``{"total", "list"}``.
+Shapes follow the doc pages (诺诺开放平台诺税通saas红字确认单{申请,查询,确认,撤销}接口…md):
+queryInvoiceRedConfirm answers ``{"code": "0000", "describe", "total", "list"}`` (its 响应参数
+table); saveInvoiceRedConfirm takes the blue 数电 number in blueElecInvoiceNumber or, 20 digits,
+in blueInvoiceNumber. ASSUMPTIONS (the pages list only E0000): E9999 for a reused billId (as one
+client's tests expect), the generic E4000 for any other slip error.
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ class RedLetter:
         self._by_order: dict[tuple[str, str], str] = {}  # red orderNo -> billId (E9106 checks)
         for slip in store.slips.values():
             self._by_order[(slip.seller_tax, slip.order_no)] = slip.bill_id
-            if slip.bill_status in ("15", "02"):
+            if slip.bill_status in _WAITING:
                 self._schedule(slip)
 
     def handlers(self) -> dict[str, Callable[[Caller, Any], Envelope]]:
@@ -89,6 +92,7 @@ class RedLetter:
             "nuonuo.OpeMplatform.queryInvoiceRedConfirm": self.query,
             "nuonuo.OpeMplatform.fastInvoiceRed": self.fast_red,
             "nuonuo.OpeMplatform.confirmInfoCancel": self.withdraw,
+            "nuonuo.OpeMplatform.confirm": self.confirm,
         }
 
     def reserved(self, seller: str, order_no: str) -> bool:
@@ -99,6 +103,7 @@ class RedLetter:
 
     # -- time ---------------------------------------------------------------------------------
     def _schedule(self, slip: RedSlip) -> None:
+        # 15 ends at due_at; 02/03 expire 72 h after the slip's own time (billTime), 查询 doc 07
         due = slip.due_at if slip.bill_status == "15" else slip.created_at + CONFIRM_WINDOW_S
         heapq.heappush(self._due, (due, slip.bill_id))
 
@@ -107,16 +112,18 @@ class RedLetter:
         while self._due and self._due[0][0] <= now:
             _, bill_id = heapq.heappop(self._due)
             slip = self._store.slips[bill_id]
-            if slip.bill_status not in ("15", "02"):
-                continue  # withdrawn meanwhile
+            if slip.bill_status not in _WAITING:
+                continue  # withdrawn or answered meanwhile
             if slip.bill_status == "15":
                 slip.bill_status = "02" if slip.needs_confirmation else "01"
                 if slip.bill_status == "02":
                     self._schedule(slip)  # now waits for the buyer, at most 72 h
                 else:
                     self._auto_issue(slip, at=slip.due_at)
-            elif slip.bill_status == "02":
+            elif slip.created_at + CONFIRM_WINDOW_S <= now:  # 02 or 03: 72 h from billTime
                 slip.bill_status, slip.message = "07", "超72小时未确认,确认单已作废"
+            else:
+                continue
             self._store.save_slip(slip)
 
     def buyer_confirms(self, bill_id: str, agree: bool) -> RedSlip:
@@ -132,6 +139,51 @@ class RedLetter:
         if agree:
             self._auto_issue(slip, at=slip.confirmed_at)
         self._store.save_slip(slip)
+        return slip
+
+    def buyer_applies(self, blue_number: str, reason: str, detail: Any = None) -> RedSlip:
+        """A buyer-initiated slip (admin endpoint: the sandbox plays the buyer, who has booked the
+        blue invoice): 03 购方录入待销方确认 until the seller's ``confirm`` or 72 h (查询 doc)."""
+        self.advance()
+        blue = self._store.invoice_by_number(blue_number)
+        if blue is None or blue.kind != "blue" or blue.status != ISSUED:
+            raise KeyError(blue_number)
+        if reason not in REASONS:
+            raise ValueError("redReason must be 1, 2, 3 or 4")
+        items = blue_items(blue.lines)
+        used = used_by(s for s in self._store.slips.values() if s.blue_serial == blue.serial)
+        if detail:
+            if not isinstance(detail, list):
+                raise ValueError("detail must be a list")
+            lines = partial_reversal(detail, items, used, reason)
+        else:
+            lines = full_reversal(items, used)
+        if isinstance(lines, Rejection):
+            raise ValueError(f"{lines.code} {lines.describe}")
+        now = self._clock.now()
+        seq = self._store.next_counter("bill_seq")
+        slip = RedSlip(
+            bill_id=f"{seq:019d}",
+            bill_no=numbers.bill_no(now, seq),
+            bill_uuid=numbers.bill_uuid(blue.seller_tax, seq),
+            seller_tax=blue.seller_tax,
+            seller_name=str(blue.extra.get("salerName", "")),
+            buyer_name=blue.buyer.name,
+            buyer_tax_no=blue.buyer.tax_no,
+            blue_serial=blue.serial,
+            blue_number=blue.number,
+            blue_line=blue.invoice_line,
+            red_reason=reason,
+            order_no=f"HZ{seq:018d}",
+            lines=tuple(lines),
+            created_at=now,
+            due_at=now,
+            bill_status="03",
+            apply_source="1",
+        )
+        self._store.save_slip(slip)
+        self._by_order[(slip.seller_tax, slip.order_no)] = slip.bill_id
+        self._schedule(slip)
         return slip
 
     def _auto_issue(self, slip: RedSlip, *, at: float) -> None:
@@ -185,7 +237,13 @@ class RedLetter:
             return _env(codes.DELIVERY_NOT_FOUND, "申请号重复")
         if text(body, "applySource") != "0":
             return _env(codes.RED_INVALID, "沙箱只支持销方申请(applySource=0)")
-        blue = self._store.invoice_by_number(text(body, "blueElecInvoiceNumber"))
+        # 红字确认单申请 doc: blueElecInvoiceNumber is the 数电 number; blueInvoiceNumber
+        # "若传20位数字则视为是蓝字数电票号码" (the doc's own example puts the 20 digits there).
+        number = text(body, "blueElecInvoiceNumber")
+        legacy = text(body, "blueInvoiceNumber")
+        if not number and len(legacy) == 20 and legacy.isdigit():
+            number = legacy
+        blue = self._store.invoice_by_number(number)
         if blue is None or blue.seller_tax != seller or blue.kind != "blue":
             return _env(codes.RED_INVALID, "蓝字数电发票不存在")
         # ASSUMPTION: a 24 (issued, seal failed) exists and can be reversed like a 2.
@@ -277,9 +335,14 @@ class RedLetter:
         ]
         rows.sort(key=lambda s: s.created_at)
         page = rows[(page_no - 1) * page_size : page_no * page_size]
-        return _env(
-            codes.OK, "查询成功", {"total": len(rows), "list": [self.view(s) for s in page]}
-        )
+        # 红字确认单查询 doc, 响应参数: code (example "0000"), describe, total (String), list — at
+        # the top level, no result wrapper.
+        return {
+            "code": codes.RED_QUERY_OK,
+            "describe": "查询成功",
+            "total": str(len(rows)),
+            "list": [self.view(s) for s in page],
+        }
 
     def view(self, slip: RedSlip) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -290,7 +353,7 @@ class RedLetter:
             "billMessage": slip.message,
             "requestStatus": "",
             "openStatus": slip.open_status,
-            "applySource": "0",
+            "applySource": slip.apply_source,
             "blueInvoiceLine": slip.blue_line,
             "blueInvoiceNumber": slip.blue_number,
             "blueElecInvoiceNumber": slip.blue_number,
@@ -361,6 +424,68 @@ class RedLetter:
         self._store.save_slip(slip)
         return _env(codes.OK, "开票提交成功", {"invoiceSerialNum": red.serial})
 
+    # -- confirm ------------------------------------------------------------------------------
+    def confirm(self, caller: Caller, body: Any) -> Envelope:
+        """The seller's answer to a buyer-initiated slip (红字确认单确认 doc).
+
+        billUuid | billId | billNo, priority uuid > id > no; identity 0 销方; confirmAgreement
+        1 同意 / 0 拒绝; orderNo = the order number of the red invoice issued on agreement.
+        """
+        if not isinstance(body, dict):
+            return _env(codes.MALFORMED, "请求报文必须是JSON对象")
+        if text(body, "identity") != "0":
+            return _env(codes.MALFORMED, "沙箱只支持销方确认(identity=0)")
+        agreement = text(body, "confirmAgreement")
+        if agreement not in ("0", "1"):
+            return _env(codes.MALFORMED, "处理意见confirmAgreement只能为0或1")
+        if len(text(body, "confirmReason")) > 200:
+            return _env(codes.MALFORMED, "处理理由confirmReason不能超过200个字符")
+        seller = self._seller_of(caller)
+        slip = self._find(seller, body)
+        if slip is None:
+            return _env(codes.RED_INVALID, "红字确认单不存在")
+        if slip.bill_status != "03":
+            return _env(codes.RED_INVALID, f"确认单状态[{slip.bill_status}]不是购方录入待销方确认")
+        order_no = text(body, "orderNo")
+        if order_no and order_no != slip.order_no:
+            if len(order_no) > ORDER_NO_MAX_LEN:
+                return _env(codes.MALFORMED, f"orderNo长度不能超过{ORDER_NO_MAX_LEN}")
+            if self._store.order_taken(seller, order_no) or self.reserved(seller, order_no):
+                return _env("E9106", "订单编号或流水号不能重复")
+            self._by_order.pop((seller, slip.order_no), None)
+            slip.order_no = order_no
+            self._by_order[(seller, order_no)] = slip.bill_id
+        now = self._clock.now()
+        slip.confirmed_at = now
+        if agreement == "1":
+            slip.bill_status, slip.message = "04", "购销双方已确认"
+            self._auto_issue(slip, at=now)
+        else:
+            slip.bill_status, slip.message = "06", "作废(购方录入销方否认)"
+        self._store.save_slip(slip)
+        # ASSUMPTION: the doc names result an Object without its fields; the sandbox echoes ids.
+        result = {
+            "billId": slip.bill_id,
+            "billNo": slip.bill_no,
+            "billUuid": slip.bill_uuid,
+            "billStatus": slip.bill_status,
+        }
+        return _env(codes.OK, "请求成功", result)
+
+    def _find(self, seller: str, body: dict[str, Any]) -> RedSlip | None:
+        ids = {k: text(body, k) for k in ("billUuid", "billId", "billNo")}
+        key = next(((k, v) for k, v in ids.items() if v), None)  # priority uuid > id > no
+        if key is None:
+            return None
+        return next(
+            (
+                s
+                for s in self._store.slips.values()
+                if getattr(s, _ATTR[key[0]]) == key[1] and s.seller_tax == seller
+            ),
+            None,
+        )
+
     # -- confirmInfoCancel --------------------------------------------------------------------
     def withdraw(self, caller: Caller, body: Any) -> Envelope:
         if not isinstance(body, dict):
@@ -386,6 +511,7 @@ class RedLetter:
 
 
 _ATTR = {"billId": "bill_id", "billNo": "bill_no", "billUuid": "bill_uuid"}
+_WAITING = ("15", "02", "03")
 
 
 def _day_range(start: str, end: str) -> tuple[datetime, datetime] | None:

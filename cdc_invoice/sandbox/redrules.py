@@ -174,7 +174,7 @@ def _partial_line(
     if abs(ex * item.rate - tax) > LINE_TAX_TOLERANCE:
         return Rejection("E9131", f"税额误差不能超过{LINE_TAX_TOLERANCE},{where}")
     if num is not None and price is not None and abs(price * num - ex) > PRICE_TOLERANCE:
-        return Rejection("E9132", f"单价×数量与金额误差不能超过{PRICE_TOLERANCE},{where}")
+        return Rejection(codes.MALFORMED, f"单价×数量与金额误差不能超过{PRICE_TOLERANCE},{where}")
     u = used.get(item.index, Used())
     over_num = num is not None and item.num is not None and u.num - num > item.num
     if u.ex - ex > item.ex or u.tax - tax > item.tax or over_num:

@@ -10,9 +10,9 @@ E9302 → E9301 → orderNo → E9106 → header fields → E9122 → discount r
 (|Σ(ex×rate) − Σtax| ≤ 1.27) is only decidable by the bureau, so it does not reject the request:
 it becomes ``AcceptedOrder.deferred_fail`` and the invoice later ends in status 22.
 
-Assumed codes (the real platform's are undocumented; see codes.py): E9100 for a missing or
-malformed field that has no code of its own, E9132 for |price × num − amount| > 0.01, E9124-E9129
-assigned per field as in ``_AMOUNT_FIELDS``.
+Codes: E4000 (documented on the requestBillingNew page: "必填字段没有传值，或者传的值不对") for a
+missing or malformed field that has no code of its own, |price × num − amount| > 0.01 included
+(the page lists no code for it). E9124-E9129 are documented per field, as in ``_AMOUNT_FIELDS``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ ALLOWED_RATES = frozenset(
 )
 _TAX_NO_RE = re.compile(r"^[0-9A-Z]{15,20}$")
 _GOODS_CODE_RE = re.compile(r"^[1-6]\d{18}$")
-_FAVOURED_RE = re.compile(r"^(0[1-9]|1[0-8])$")  # 数电 favouredPolicyFlag 01..18
+# 数电 favouredPolicyFlag 01..18, or "0" = none: the requestBillingNew doc's own request example
+# sends "favouredPolicyFlag":"0" (with "zeroRateFlag":"0", "deduction":"0") on a 数电 line.
+_FAVOURED_RE = re.compile(r"^(0|0[1-9]|1[0-8])$")
 
 # (field, code when too long, code when not a 2-decimal number) — assumed split of E9124-E9129.
 _AMOUNT_FIELDS = (
@@ -322,7 +324,9 @@ def _check_line(detail: Detail, row: int) -> Line | Rejection:
     if price is not None and num is not None:
         basis = incl if with_tax == "1" else ex
         if abs(price * num - basis) > PRICE_TOLERANCE:
-            return Rejection("E9132", f"单价×数量与金额误差不能超过{PRICE_TOLERANCE},{where}")
+            return Rejection(
+                codes.MALFORMED, f"单价×数量与金额误差不能超过{PRICE_TOLERANCE},{where}"
+            )
     prop = int(_prop(detail))
     if prop != 1 and ex < 0:
         return Rejection(codes.MALFORMED, f"蓝字发票非折扣行金额不能为负,{where}")

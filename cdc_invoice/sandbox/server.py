@@ -7,6 +7,9 @@ Test endpoints (not part of the platform; no auth — bind the sandbox to localh
   GET  /_sandbox/invoices[?orderNo=&serial=&number=]   everything issued, as a test asserts on it
   GET  /_sandbox/slips                                  red-letter slips
   POST /_sandbox/slips/{billId}/confirm {"agree": bool}  the buyer answers a 02 slip
+  POST /_sandbox/slips/buyer {"blueInvoiceNumber", "redReason", "detail"?}
+                                                        the buyer starts a slip (status 03)
+  GET  /_sandbox/callbacks                              callbacks sent (with --callback-url)
   GET|POST /_sandbox/config                             runtime knobs (options.RuntimeConfig)
   GET  /_sandbox/stats                                  calls by method / code, faults injected
   POST /_sandbox/clock {"advance_seconds": N}           move the sandbox clock forward
@@ -27,6 +30,7 @@ from aiohttp import web
 from cdc_invoice.sandbox import codes, files
 from cdc_invoice.sandbox.api import Envelope, Platform, rejected
 from cdc_invoice.sandbox.auth import Auth, TokenError, media_type
+from cdc_invoice.sandbox.callbacks import CallbackSender
 from cdc_invoice.sandbox.faults import (
     ERROR_503_HTML,
     ERROR_504_HTML,
@@ -68,6 +72,11 @@ class SandboxServer:
         self.platform = Platform(
             options, self.store, self.clock, self.config, self.faults, lambda: self.base_url
         )
+        self.callbacks: CallbackSender | None = None
+        if options.callback_url:
+            self.callbacks = CallbackSender(
+                options.callback_url, self.store, self.platform.advance, lambda: self.base_url
+            )
         self.by_method: Counter[str] = Counter()
         self.by_code: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
@@ -78,7 +87,9 @@ class SandboxServer:
                 web.post("/open/v1/services", self.gateway),
                 web.get("/_sandbox/invoices", self.list_invoices),
                 web.get("/_sandbox/slips", self.list_slips),
+                web.post("/_sandbox/slips/buyer", self.buyer_slip),
                 web.post("/_sandbox/slips/{bill_id}/confirm", self.confirm_slip),
+                web.get("/_sandbox/callbacks", self.list_callbacks),
                 web.get("/_sandbox/config", self.get_config),
                 web.post("/_sandbox/config", self.set_config),
                 web.get("/_sandbox/stats", self.get_stats),
@@ -182,6 +193,26 @@ class SandboxServer:
         await self.store.commit()
         return _json(self.platform.red.view(slip))
 
+    async def buyer_slip(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            return _json({"error": 'body must be {"blueInvoiceNumber", "redReason"}'}, 400)
+        try:
+            slip = self.platform.red.buyer_applies(
+                str(body.get("blueInvoiceNumber", "")),
+                str(body.get("redReason", "1")),
+                body.get("detail"),
+            )
+        except KeyError:
+            return _json({"error": "no issued blue invoice with this number"}, 404)
+        except ValueError as exc:
+            return _json({"error": str(exc)}, 409)
+        await self.store.commit()
+        return _json(self.platform.red.view(slip))
+
+    async def list_callbacks(self, _request: web.Request) -> web.Response:
+        return _json(self.callbacks.delivered if self.callbacks else [])
+
     async def get_config(self, _request: web.Request) -> web.Response:
         return _json(self.config.to_json())
 
@@ -256,9 +287,13 @@ class RunningSandbox:
         self.server = server
         self.port = port
         self.url = server.base_url
+        # the real token host differs from the gateway (创建应用 doc); the sandbox serves both
+        self.token_url = f"{self.url}/accessToken"
         self._runner = runner
 
     async def stop(self) -> None:
+        if self.server.callbacks is not None:
+            await self.server.callbacks.stop()
         await self._runner.cleanup()
         self.server.store.close()
 
@@ -283,4 +318,6 @@ async def start_sandbox(options: SandboxOptions) -> RunningSandbox:
     port = int(runner.addresses[0][1])
     host = f"[{options.host}]" if ":" in options.host else options.host
     server.base_url = f"{server.scheme}://{host}:{port}"
+    if server.callbacks is not None:
+        server.callbacks.start()
     return RunningSandbox(server, runner, port)

@@ -58,8 +58,8 @@ def query_item(invoice: Invoice, status: str, base_url: str, *, detail: bool) ->
         "bankAccount": invoice.buyer.account,
         "phone": invoice.buyer.phone,
         "notifyEmail": invoice.buyer.email,
+        # the kind as the 发票详情查询 doc's table has it (invoiceKind); it lists no invoiceLine
         "invoiceKind": codes.INVOICE_KINDS.get(invoice.invoice_line, ""),
-        "invoiceLine": invoice.invoice_line,
         "invoiceType": "1" if invoice.kind == "blue" else "2",
         "salerTaxNum": invoice.seller_tax,
         "salerTel": x.get("salerTel", ""),

@@ -77,6 +77,7 @@ class InvoiceJob:
         self.repo = Repository(self.pool, f"peer-{tag}")
         self.provider = NuonuoProvider(
             base_url=base_url,
+            token_url=base_url + "/accessToken",  # the sandbox's own token endpoint
             credentials={"main": Credentials(app_key=app_key, app_secret=app_secret)},
             token_store=PgTokenStore(self.repo, {app_key: fernet_for(app_secret)}),
             timeout=10.0,

@@ -41,6 +41,7 @@ async def main(args: argparse.Namespace) -> None:
     )
     provider = NuonuoProvider(
         base_url=args.base_url,
+        token_url=args.base_url + "/accessToken",  # the sandbox's own token endpoint
         credentials={"main": Credentials(app_key=args.app_key, app_secret=secret)},
         token_store=MemoryTokenStore(),
     )

@@ -804,6 +804,7 @@ async def _query_platform(sb: harness.Sandbox | None, order_nos: list[str]) -> d
     seller = Seller(seller_id="main", tax_number=harness.SELLER_TAX_NUMBER, name="x", clerk="张三")
     provider = NuonuoProvider(
         base_url=sb.url,
+        token_url=sb.token_url,
         token_store=MemoryTokenStore(),
         credentials={"main": Credentials(app_key=sb.app_key, app_secret=sb.app_secret)},
         timeout=30,

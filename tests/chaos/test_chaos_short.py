@@ -95,6 +95,7 @@ def _plant_duplicates(chaos: ChaosRun) -> None:
     async def issue_again() -> None:
         async with NuonuoProvider(
             base_url=sb.url,
+            token_url=sb.token_url,
             token_store=MemoryTokenStore(),
             credentials={"main": Credentials(app_key=sb.app_key, app_secret=sb.app_secret)},
         ) as provider:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -75,3 +77,52 @@ def test_callback_makes_the_daemon_look_now(
     with psycopg.connect(shop_dsn) as conn:
         number = conn.execute("SELECT invoice_number FROM cdc_invoice.invoice").fetchone()
     assert number is not None and number[0] != "forged"  # recorded from the platform's query
+
+
+def test_the_sandbox_sends_form_and_json_callbacks_and_the_daemon_reads_both(
+    shop_dsn: str, tmp_path: Path, start_daemon: StartDaemon
+) -> None:
+    # 回传开票结果对接文档V1.1.1: §一 callback is FORM, §五 redConfirmCallback is JSON. The sandbox
+    # sends both (opt-in --callback-url); results are polled only every 60 s, so the invoice and
+    # the reversal are recorded this soon only because each callback was read.
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/nuonuo/callback"
+    sb = harness.start_sandbox(
+        tmp_path / "sandbox", issue_delay_ms=200, extra=["--callback-url", url]
+    )
+    try:
+        daemon = start_daemon(
+            shop_dsn,
+            sb,
+            result_poll_seconds=60.0,
+            lease_seconds=90.0,
+            metrics_listen=f"127.0.0.1:{port}",
+            callback=True,
+        )
+        [order] = demo.ship_orders(shop_dsn, 1)
+        deadline = time.monotonic() + 30
+        while demo.verify_invoices(shop_dsn, [order], sb) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert demo.verify_invoices(shop_dsn, [order], sb) == []
+        with psycopg.connect(shop_dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT invoice_number FROM cdc_invoice.invoice").fetchone()
+            assert row is not None
+            conn.execute("SELECT cdc_invoice.request_reversal(%s, 'sales_return')", (row[0],))
+            deadline = time.monotonic() + 30
+            state = None
+            while time.monotonic() < deadline:
+                state = conn.execute(
+                    "SELECT state FROM cdc_invoice.request WHERE kind = 'reverse'"
+                ).fetchone()
+                if state == ("done",):
+                    break
+                time.sleep(0.1)
+        assert state == ("done",)
+        sent = httpx.get(f"{sb.url}/_sandbox/callbacks", timeout=10).json()
+        kinds = {(c["operater"], c["encoding"], c["answer"]) for c in sent}
+        assert ("callback", "form", "0000") in kinds
+        assert ("redConfirmCallback", "json", "0000") in kinds
+        # the JSON one named our slip: the daemon polled its request (not "0 request(s)")
+        assert re.search(r"callback redConfirmCallback: [1-9]", daemon.output()), daemon.output()
+    finally:
+        sb.proc.stop()

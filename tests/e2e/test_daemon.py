@@ -29,6 +29,7 @@ async def platform_invoices(sb: harness.Sandbox, order_nos: list[str]) -> dict[s
     seller = Seller(seller_id="main", tax_number=harness.SELLER_TAX_NUMBER, name="x", clerk="张三")
     provider = NuonuoProvider(
         base_url=sb.url,
+        token_url=sb.token_url,
         token_store=MemoryTokenStore(),
         credentials={"main": Credentials(app_key=sb.app_key, app_secret=sb.app_secret)},
     )

@@ -40,6 +40,7 @@ def platform(
     loop = asyncio.new_event_loop()
     provider = NuonuoProvider(
         base_url=sb.url,
+        token_url=sb.token_url,
         token_store=MemoryTokenStore(),
         credentials={"main": Credentials(app_key=sb.app_key, app_secret=sb.app_secret)},
     )

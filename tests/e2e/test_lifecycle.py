@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from cdc_invoice import harness
 
 StartDaemon = Callable[..., harness.Proc]
+CHINA = timezone(timedelta(hours=8))
 
 
 def wait_requests(
@@ -214,6 +216,32 @@ def test_slip_waits_for_the_buyer_then_the_red_invoice_follows(
     nudge(running)
     assert wait_requests(running, "reverse", 1) == [("done", None)]
     assert invoice(running, number)["status"] == "reversed"
+
+
+def test_a_waiting_slip_expires_72_hours_after_its_own_time_not_our_request(
+    running: str, sandbox: harness.Sandbox
+) -> None:
+    # 红字确认单查询 doc: 07 作废（超72小时未确认） — counted from the slip (billTime). The sandbox
+    # clock runs an hour ahead, so the slip's time and our request's time differ by an hour.
+    sandbox.configure(red_requires_confirmation=True)
+    number = ship(running, "C001", [("P-MOUSE", "1", "79.90")])
+    httpx.post(
+        f"{sandbox.url}/_sandbox/clock", json={"advance_seconds": 3600}, timeout=10
+    ).raise_for_status()
+    with psycopg.connect(running, autocommit=True) as conn:
+        conn.execute("SELECT cdc_invoice.request_reversal(%s, 'sales_return')", (number,))
+    bill_id = awaiting_buyer(running, number)
+    slips = httpx.get(f"{sandbox.url}/_sandbox/slips", timeout=10).json()
+    bill_time = next(s["billTime"] for s in slips if s["billId"] == bill_id)
+    slip_time = datetime.strptime(bill_time, "%Y-%m-%d %H:%M:%S").replace(tzinfo=CHINA)
+    with psycopg.connect(running) as conn:
+        row = conn.execute(
+            "SELECT expires_at, requested_at FROM cdc_invoice.pending_red_slips WHERE bill_id = %s",
+            (bill_id,),
+        ).fetchone()
+    assert row is not None
+    assert row[0] == slip_time + timedelta(hours=72)
+    assert row[0] - row[1] > timedelta(hours=72, minutes=59)
 
 
 def test_unconfirmed_slip_expires_after_72_hours(running: str, sandbox: harness.Sandbox) -> None:

@@ -90,7 +90,7 @@ def test_wrong_secret_fails_with_the_fix(
     code, report = health(config)
     assert code == 1 and report["status"] == "fail"
     platform = by_name(report)["platform main"]
-    assert platform["status"] == "fail" and "070302" in platform["detail"]
+    assert platform["status"] == "fail" and "070601" in platform["detail"]
     assert "app_secret" in platform["fix"]
 
 

@@ -278,7 +278,7 @@ def test_bad_signature_and_bad_token_are_refused_without_acting(
     order_no = unique("SIG")
     signed_for_other = json.dumps(order(order_no), ensure_ascii=False).encode()  # spaces differ
     answer = client.call(ISSUE, order(order_no), tamper=signed_for_other)
-    assert answer == {"code": "070302", "describe": "签名验证失败"}
+    assert answer == {"code": "070601", "describe": "签名不匹配"}
     answer = client.call(ISSUE, order(order_no), accessToken="not-a-token")
     assert answer == {"code": "070301", "describe": "accessToken无效或已过期"}
     assert shared_sandbox.admin(f"/_sandbox/invoices?orderNo={order_no}") == []
@@ -327,7 +327,10 @@ def test_red_letter_reversal_and_void_refusal(client: Client) -> None:
         listing = client.call(
             "nuonuo.OpeMplatform.queryInvoiceRedConfirm", {"identity": "0", "billId": bill_id}
         )
-        slip = listing["result"]["list"][0]
+        # 红字确认单查询 doc, 响应参数: code "0000", total and list at the top level
+        assert listing["code"] == "0000" and "result" not in listing, listing
+        assert listing["total"] == "1"
+        slip = listing["list"][0]
         if slip.get("invoiceSerialNum") or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -489,7 +492,7 @@ def test_confirmation_expiry_paper_kinds_retry_and_listing(tmp_path: Path) -> No
         client._token = None
         slip = client.call(
             "nuonuo.OpeMplatform.queryInvoiceRedConfirm", {"identity": "0", "billId": second}
-        )["result"]["list"][0]
+        )["list"][0]
         assert slip["billStatus"] == "07"
         sb.admin("/_sandbox/config", {"red_requires_confirmation": False})
 
@@ -515,7 +518,7 @@ def test_confirmation_expiry_paper_kinds_retry_and_listing(tmp_path: Path) -> No
         time.sleep(0.05)
         slip = client.call(
             "nuonuo.OpeMplatform.queryInvoiceRedConfirm", {"identity": "0", "billId": bill_id}
-        )["result"]["list"][0]
+        )["list"][0]
         assert slip["billStatus"] == "01" and slip["openStatus"] == "0"  # paper: no auto issue
         fast = client.call(
             "nuonuo.OpeMplatform.fastInvoiceRed",

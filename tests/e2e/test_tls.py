@@ -171,6 +171,7 @@ async def test_an_https_platform_is_reached_through_an_environment_proxy(
     )
     provider = NuonuoProvider(
         base_url=tls_sandbox.url,
+        token_url=tls_sandbox.token_url,
         credentials={"main": Credentials(tls_sandbox.app_key, tls_sandbox.app_secret)},
         token_store=MemoryTokenStore(),
         verify=str(tls_sandbox.verify),

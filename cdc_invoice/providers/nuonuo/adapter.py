@@ -1,7 +1,7 @@
 """``NuonuoProvider``: the Provider protocol over the Nuonuo 诺税通 API (nuonuo.OpeMplatform.*).
 
 Which calls can act on the platform (so that a lost answer is OutcomeUnknown, not
-ProviderUnavailable): requestBillingNew, saveInvoiceRedConfirm, fastInvoiceRed and
+ProviderUnavailable): requestBillingNew, saveInvoiceRedConfirm, confirm, fastInvoiceRed and
 invoiceCancellation. deliveryInvoice only re-sends a file: a retry after a lost answer at worst
 sends it twice, so it is treated like a query.
 """
@@ -26,12 +26,13 @@ from cdc_invoice.errors import (
 )
 from cdc_invoice.invoice.model import InvoiceDraft, InvoiceLine, Seller
 from cdc_invoice.providers.base import (
+    BuyerSlip,
     InvoiceRef,
     IssueAccepted,
     PlatformInvoice,
     RedSlip,
 )
-from cdc_invoice.providers.nuonuo import codes, payload
+from cdc_invoice.providers.nuonuo import buyer_slips, codes, payload
 from cdc_invoice.providers.nuonuo.client import (
     DEFAULT_UNKNOWN_HINT,
     DEFAULT_USER_AGENT,
@@ -224,6 +225,44 @@ class NuonuoProvider:
             logger.warning("%s: %d slips with billId %s", QUERY_RED_CONFIRM, len(mine), bill_id)
         return mine[0] if mine else None
 
+    async def list_buyer_slips(self, seller: Seller, since: datetime) -> list[BuyerSlip]:
+        until = datetime.fromtimestamp(self._clock(), payload.CHINA_TZ)
+        found: dict[str, BuyerSlip] = {}
+        for page_no in range(1, buyer_slips.MAX_PAGES + 1):
+            content = buyer_slips.list_content(since, until, page_no)
+            answer = await self._call(seller, QUERY_RED_CONFIRM, content, mutating=False)
+            if answer.code in codes.NOT_FOUND:
+                break
+            if answer.code not in codes.RED_CONFIRM_SUCCESS:
+                raise codes.error_for(answer.code, answer.describe, method=QUERY_RED_CONFIRM)
+            try:
+                items = payload.slip_items(answer.result, answer.extra)
+                page = [buyer_slips.parse(item) for item in items]
+            except payload.MalformedResponse as exc:
+                raise ProviderUnavailable(
+                    f"{QUERY_RED_CONFIRM}: malformed result: {exc}", method=QUERY_RED_CONFIRM
+                ) from exc
+            before = len(found)
+            found.update((s.bill_id, s) for s in page if s is not None)
+            if len(items) < buyer_slips.PAGE_SIZE or (page and len(found) == before):
+                break
+        return list(found.values())
+
+    async def confirm_red_slip(
+        self, seller: Seller, bill_id: str, agree: bool, red_order_no: str
+    ) -> None:
+        content = buyer_slips.confirm_content(bill_id, agree, red_order_no)
+        answer = await self._call(
+            seller,
+            buyer_slips.CONFIRM,
+            content,
+            mutating=True,
+            order_no=red_order_no,
+            unknown_hint=_SLIP_UNKNOWN,
+        )
+        if answer.code != codes.SUCCESS:
+            raise codes.error_for(answer.code, answer.describe, method=buyer_slips.CONFIRM)
+
     async def issue_red_from_slip(
         self, seller: Seller, blue: InvoiceRef, slip: RedSlip, red_order_no: str
     ) -> IssueAccepted:
@@ -394,8 +433,8 @@ class NuonuoProvider:
             unknown_hint=unknown_hint,
         )
         answer = await send(access_token=token.access_token)
-        if answer.code in codes.TOKEN_INVALID:
-            # The platform refused the token before doing anything, so retrying is safe even
+        if codes.is_token_error(answer.code, answer.describe):
+            # The gateway refused the token before doing anything, so retrying is safe even
             # for issue. A second refusal is reported, not retried: each fetch costs quota.
             logger.info("Nuonuo rejected the access token (%s); fetching a new one", answer.code)
             token = await self._tokens.replace(credentials.app_key, token.access_token, fetch)

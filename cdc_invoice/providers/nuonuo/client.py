@@ -52,7 +52,10 @@ class _NoCookies(http.cookiejar.CookieJar):
 
 logger = logging.getLogger(__name__)
 
-TOKEN_PATH: Final = "/accessToken"  # noqa: S105 - a URL path, not a password
+# The token host is not the gateway host (创建应用.md: POST https://open.nuonuo.com/accessToken;
+# arion/node-nuonuo uses it with the sandbox gateway too). Our sandbox serves {its url}/accessToken,
+# which a sandbox user names explicitly.
+TOKEN_URL: Final = "https://open.nuonuo.com/accessToken"  # noqa: S105 - a URL, not a password
 DEFAULT_TOKEN_LIFETIME: Final = 86_400.0  # the documented default when expires_in is unusable
 # What to do after a creating call whose answer was lost (the adapter passes a method's own).
 DEFAULT_UNKNOWN_HINT: Final = "query by order number before issuing again"
@@ -126,8 +129,8 @@ class NuonuoClient:
 
     :param base_url: e.g. ``https://sdk.nuonuo.com`` or ``http://127.0.0.1:8708`` (the sandbox);
         the gateway is ``{base_url}/open/v1/services``.
-    :param token_url: defaults to ``{base_url}/accessToken``; the real platform serves tokens from
-        another host (``https://open.nuonuo.com/accessToken``).
+    :param token_url: defaults to the documented ``https://open.nuonuo.com/accessToken`` (创建应用
+        doc), whatever the gateway; our sandbox's is ``{sandbox url}/accessToken``.
     :param timeout: seconds for each of connect / read / write / pool wait; a whole exchange is
         additionally capped at three times this, so a server that drips bytes cannot hold a call.
     :param transport: for tests (``httpx.MockTransport``); ``verify`` is then ignored. By
@@ -149,7 +152,7 @@ class NuonuoClient:
     ) -> None:
         base = base_url.rstrip("/")
         self.gateway_url = httpx.URL(base + signing.GATEWAY_PATH)
-        self.token_url = httpx.URL(token_url or base + TOKEN_PATH)
+        self.token_url = httpx.URL(token_url or TOKEN_URL)
         self._max_response_bytes = max_response_bytes
         self._deadline = timeout * 3
         self._clock = clock

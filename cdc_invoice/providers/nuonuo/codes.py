@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Final
 
 from cdc_invoice.errors import (
+    OutcomeUnknown,
     ProviderAuthError,
     ProviderError,
     ProviderRejected,
@@ -38,19 +39,77 @@ RED_CONFIRM_SUCCESS: Final = frozenset({SUCCESS, "0000"})
 # Query answers "no such invoice": the Provider contract says unknown invoices are simply omitted.
 NOT_FOUND: Final = frozenset({"E9500"})
 
-# ASSUMPTION: the real platform does not document the code for an expired or revoked access token;
-# our sandbox answers 070301. On one of these the adapter fetches a new token once and retries.
+# ASSUMPTION (docs/platform-assumptions.md): the platform does not document the code for an expired
+# or revoked access token; our sandbox answers 070301. The adapter fetches a new token once and
+# retries on 070301 and on any gateway code whose text names the token (is_token_error).
 TOKEN_INVALID: Final = frozenset({"070301"})
 
-# ASSUMPTION, like TOKEN_INVALID: our sandbox answers 070302 for a bad X-Nuonuo-Sign.
-SIGNATURE_INVALID: Final = frozenset({"070302"})
+# A bad X-Nuonuo-Sign is answered 070601 签名不匹配 (jellyfrank/nuonuo-sdk
+# docs/sandbox-validation.md, a live run against sandbox.nuonuocs.cn). 070302 was our sandbox's
+# earlier invention: kept so a daemon talking to an old sandbox still reports a signature problem.
+SIGNATURE_INVALID: Final = frozenset({"070601", "070302"})
 
-# 0701xx / 0703xx are the documented credential/token family (§2.2); anything in it that is not
-# in HINTS is still an authentication problem, never a business rejection.
-AUTH_PREFIXES: Final = ("0701", "0703")
+# Business answers are "E" + 4 digits; the gateway and token endpoint answer six digits (0701xx,
+# 0703xx token errors in 创建应用.md; 070601 signature). None of the gateway codes is published in
+# full, so every all-digit code is read as a problem with the SELLER's credentials, signature or
+# token: the gateway refused before the business method ran, so nothing was created, and the
+# order itself is not at fault (never a rejected order).
+AUTH_PREFIXES: Final = ("0701", "0703", "0706")
 
 # Codes that say "try again later" rather than "this request is wrong".
 TRANSIENT: Final = frozenset({"E9601"})
+
+# Methods that change something at the platform: an unknown answer to one of them may hide an
+# effect, so it is "outcome unknown" (query first), never "refused". deliveryInvoice only re-sends
+# an e-mail / SMS: repeating it is harmless, so it is treated like a read.
+MUTATING: Final = frozenset(
+    {
+        ISSUE,
+        SAVE_RED_CONFIRM,
+        FAST_RED,
+        VOID,
+        "nuonuo.OpeMplatform.confirm",
+        "nuonuo.OpeMplatform.reInvoice",
+    }
+)
+
+# The documented answers that mean "refused, nothing created" — the request was checked and
+# refused before anything existed at the platform, so a new order number cannot make a second
+# invoice. Sources: requestBillingNew doc (1.诺诺开放平台诺税通saas请求开具发票接口…md,
+# 返回码 table: E4000, E9101–E9131, E9138, E9154, E9301, E9302, E9338, E9796–E9801),
+# 开票重试 doc (E9613), 发票详情查询 doc (E9500/E9601/E9611, read-only), 发票重新交付 doc
+# (E9999). Every other code is undocumented: see error_for. E9106 (orderNo already used) is
+# deliberately absent: it means an invoice MAY exist under the number.
+REFUSED: Final = frozenset(
+    {
+        "E4000",
+        *(f"E91{n:02d}" for n in range(1, 32) if n not in (6, 9)),
+        "E9138",
+        "E9154",
+        "E9301",
+        "E9302",
+        "E9338",
+        "E9613",
+        *(f"E{n}" for n in range(9796, 9802)),
+    }
+)
+# Method-specific documented refusals (the code means "refused" only on that method).
+METHOD_REFUSED: Final[dict[str, frozenset[str]]] = {
+    DELIVER: frozenset({"E9999"}),  # 发票重新交付 doc: 发票不存在不能重新交付
+    QUERY: frozenset({"E9611"}),
+    VOID: frozenset({"E9102", "E9500"}),
+}
+
+# E9106 订单编号或流水号不能重复 (requestBillingNew doc): documented, but it does NOT mean "nothing
+# created" — an earlier attempt may have been accepted. Raised as ProviderRejected with its code
+# so the issuer can turn it into "query by order number" (daemon/issuer.py ALREADY_EXISTS).
+ORDER_NO_TAKEN: Final = "E9106"
+
+UNKNOWN_CODE_HINT: Final = (
+    "the platform answered a code its documentation does not list; the request is treated as "
+    "'outcome unknown' (queried, then retried with the same order number — never a new one): "
+    "check the platform console and docs/platform-assumptions.md"
+)
 
 _CHECK_CREDENTIALS = (
     "check app_key/app_secret configured for this seller (a self-use app's key and secret "
@@ -64,6 +123,10 @@ HINTS: Final[dict[str, str]] = {
     "and that app_key matches the token",
     "070302": "the request signature was rejected: check app_secret, and that nothing between us "
     "and the platform rewrites the body",
+    "070601": "the request signature was rejected (签名不匹配): check this seller's app_secret "
+    "and app_key, and that nothing between us and the platform rewrites the body",
+    "E4000": "a required field was empty or had a wrong value (接口调用失败): the describe text "
+    "names it; check the order and cdc_invoice.seller settings",
     "070304": _CHECK_CREDENTIALS,
     "070305": _CHECK_CREDENTIALS,
     "070306": "the platform allows only 50 token requests per app per 30 days and they are used "
@@ -153,15 +216,50 @@ METHOD_HINTS: Final[dict[str, dict[str, str]]] = {
 
 
 def is_auth_code(code: str) -> bool:
-    return code.startswith(AUTH_PREFIXES)
+    """A gateway / token / credential code: six digits, not a business ``E`` code."""
+    return (code.isdigit() and code != "0000") or code.startswith(AUTH_PREFIXES)
+
+
+def is_token_error(code: str, describe: str) -> bool:
+    """Whether a fresh access token may cure this answer (refresh once, then retry)."""
+    if code in TOKEN_INVALID:
+        return True
+    text = describe.lower()
+    return (
+        is_auth_code(code) and code not in SIGNATURE_INVALID and ("token" in text or "令牌" in text)
+    )
+
+
+def is_refused(code: str, method: str) -> bool:
+    """A documented refusal: nothing was created at the platform."""
+    return code in REFUSED or code in METHOD_REFUSED.get(method, frozenset())
 
 
 def error_for(code: str, describe: str, *, method: str) -> ProviderError:
-    """The exception for a platform answer that is not a success."""
+    """The exception for a platform answer that is not a success.
+
+    Gateway codes → ProviderAuthError (the seller's credentials; retryable, never a rejected
+    order). Documented refusals → ProviderRejected. Anything else is undocumented: for a method
+    that changes something it is OutcomeUnknown (query first, keep the order number), for a read
+    it is ProviderUnavailable — an unknown code never fails an order as "refused".
+    """
     message = f"{method}: {code} {describe}".rstrip()
     hint = METHOD_HINTS.get(method, {}).get(code) or HINTS.get(code)
     if code in TOKEN_INVALID or code in SIGNATURE_INVALID or is_auth_code(code):
         return ProviderAuthError(message, code=code, hint=hint, method=method)
     if code in TRANSIENT:
         return ProviderUnavailable(message, code=code, hint=hint, method=method)
-    return ProviderRejected(message, code=code, hint=hint, method=method)
+    if code == ORDER_NO_TAKEN or is_refused(code, method) or (method, code) in _ASSUMED_REFUSED:
+        return ProviderRejected(message, code=code, hint=hint, method=method)
+    unknown = hint or UNKNOWN_CODE_HINT
+    if method in MUTATING:
+        return OutcomeUnknown(message, code=code, hint=unknown, method=method)
+    return ProviderUnavailable(message, code=code, hint=unknown, method=method)
+
+
+# Undocumented codes read as refusals (assumptions, docs/platform-assumptions.md): only the
+# sandbox's answers to a void — of a 数电 electronic invoice (E9201) or of an invoice that is not
+# issued (E9202). A void creates nothing, so a wrong guess cannot make a second invoice. The red-
+# letter pages document no error code at all: anything but E0000 and the generic E4000 there is
+# outcome unknown — the slip is queried by its billId before it is applied for again.
+_ASSUMED_REFUSED: Final = frozenset({(VOID, "E9201"), (VOID, "E9202")})

@@ -51,7 +51,7 @@ SLIP_STATUS: Final[dict[str, SlipStatus]] = {
     "01": "ready",  # 无需确认: the buyer need not confirm
     "04": "ready",  # 购销双方已确认
     "02": "awaiting_buyer",  # 销方录入待购方确认
-    "03": "awaiting_buyer",  # 购方录入待销方确认 (applySource 1; we never apply as the buyer)
+    "03": "awaiting_seller",  # 购方录入待销方确认 (applySource 1): the seller must confirm
     "05": "cancelled",  # 作废(销方录入购方否认)
     "06": "cancelled",  # 作废(购方录入销方否认)
     "07": "cancelled",  # 作废(超72小时未确认)
@@ -708,4 +708,5 @@ def parse_red_slip(item: object, bill_id: str) -> RedSlip:
         red_serial=red_serial,
         red_order_no=_text(item, "orderNo"),
         message=_text(item, "billMessage"),
+        bill_time=_timestamp(item, "billTime"),
     )

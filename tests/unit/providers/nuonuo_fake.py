@@ -141,7 +141,7 @@ class FakeNuonuo:
             content=content,
             path=request.url.path,
         ):
-            return httpx.Response(200, json={"code": "070302", "describe": "签名验证失败"})
+            return httpx.Response(200, json={"code": "070601", "describe": "签名不匹配"})
         if request.headers.get("accessToken") not in self.valid_tokens:
             return httpx.Response(200, json={"code": "070301", "describe": "token无效"})
         body = json.loads(content)
@@ -231,7 +231,7 @@ class FakeNuonuo:
         if body.get("taxnum") != TAX_NUMBER:
             return self._code("E9302", "税号与userTax不一致")
         if not body.get("phone") and not body.get("mail"):
-            return self._code("E9100", "手机号和邮箱至少填写一个")
+            return self._code("E4000", "手机号和邮箱至少填写一个")
         number, code = body.get("invoiceNum"), body.get("invoiceCode", "")
         if not any(
             number in (i.get("allElectronicInvoiceNumber"), i.get("invoiceNo"))
@@ -245,7 +245,7 @@ class FakeNuonuo:
     def _list(self, body: Any) -> httpx.Response:
         page_no, page_size = int(body["pageNo"]), int(body["pageSize"])
         if page_no < 1 or not 1 <= page_size <= 50:
-            return self._code("E9100", "pageNo从1开始,pageSize为1-50")
+            return self._code("E4000", "pageNo从1开始,pageSize为1-50")
         start, end = body["startTime"], body["endTime"]
         rows = [
             self.invoices[serial]

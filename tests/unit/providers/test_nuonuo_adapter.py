@@ -12,6 +12,7 @@ import httpx
 import pytest
 from nuonuo_fake import APP_KEY, BASE_URL, NOW, TAX_NUMBER, FakeNuonuo
 
+from cdc_invoice.config import ProviderConfig
 from cdc_invoice.errors import ProviderAuthError, ProviderRejected
 from cdc_invoice.invoice.model import InvoiceDraft, Seller
 from cdc_invoice.providers.base import IssueAccepted, Provider
@@ -70,7 +71,7 @@ async def test_a_body_changed_after_signing_is_refused(
     async with make_provider(transport=httpx.MockTransport(tamper)) as provider:
         with pytest.raises(ProviderAuthError) as info:
             await provider.query_by_order_nos(seller, ["旧-1"])
-    assert info.value.code == "070302"
+    assert info.value.code == "070601"
     assert fake.calls == []
 
 
@@ -168,6 +169,31 @@ async def test_separate_token_url(
     ) as provider:
         await provider.query_by_serials(seller, ["1"])
     assert hosts == ["open.nuonuo.test", "sdk.nuonuo.test"]
+
+
+async def test_the_default_token_url_is_the_documented_host_not_the_gateway(
+    fake: FakeNuonuo, make_provider: Callable[..., NuonuoProvider], seller: Seller
+) -> None:
+    # 创建应用.md: "POST https://open.nuonuo.com/accessToken" — never {gateway}/accessToken,
+    # which exists only in our sandbox (issue 14 row 4).
+    urls: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        urls.append(str(request.url.copy_with(query=None)))
+        return await fake.handler(request)
+
+    async with make_provider(
+        base_url="https://sdk.nuonuo.com", transport=httpx.MockTransport(handler)
+    ) as provider:
+        await provider.query_by_serials(seller, ["1"])
+    assert urls == [
+        "https://open.nuonuo.com/accessToken",
+        "https://sdk.nuonuo.com/open/v1/services",
+    ]
+
+
+def test_the_configured_default_token_url_is_the_documented_host() -> None:
+    assert ProviderConfig().token_url == "https://open.nuonuo.com/accessToken"
 
 
 async def test_cookies_set_by_the_gateway_are_never_sent_back(

@@ -78,7 +78,19 @@ TABLE: list[tuple[str, Callable[..., httpx.Response], type[ProviderError], type[
     ("json array", answers(200, json=[1, 2]), OutcomeUnknown, ProviderUnavailable),
     ("json without code", answers(200, json={"x": 1}), OutcomeUnknown, ProviderUnavailable),
     ("redirect", answers(302, headers={"location": "/x"}), OutcomeUnknown, ProviderUnavailable),
+    # 070601 签名不匹配: the real sandbox's answer to a bad signature (nuonuo-sdk
+    # docs/sandbox-validation.md). Every six-digit gateway code is the seller's credentials
+    # problem, never a rejected order.
+    ("signature 070601 (live)", protocol("070601"), ProviderAuthError, ProviderAuthError),
     ("signature 070302", protocol("070302"), ProviderAuthError, ProviderAuthError),
+    ("gateway 070799", protocol("070799"), ProviderAuthError, ProviderAuthError),
+    ("gateway 999999", protocol("999999"), ProviderAuthError, ProviderAuthError),
+    # E4000 接口调用失败 is documented for requestBillingNew: refused, nothing created.
+    ("E4000 (requestBillingNew doc)", protocol("E4000"), ProviderRejected, ProviderRejected),
+    # Undocumented codes never read as "refused": nothing may burn the order number.
+    ("undocumented E9999 on issue", protocol("E9999"), OutcomeUnknown, ProviderUnavailable),
+    ("undocumented E9201 on issue", protocol("E9201"), OutcomeUnknown, ProviderUnavailable),
+    ("unknown X1234", protocol("X1234"), OutcomeUnknown, ProviderUnavailable),
     ("401 + 070302", protocol("070302", status=401), ProviderAuthError, ProviderAuthError),
     ("other 0703xx", protocol("070399"), ProviderAuthError, ProviderAuthError),
     ("E9601", protocol("E9601"), ProviderUnavailable, ProviderUnavailable),
@@ -110,8 +122,11 @@ async def test_error_mapping(
     assert type(query.value) is on_query
     assert issue.value.method == "nuonuo.OpeMplatform.requestBillingNew"
     assert query.value.method == "nuonuo.OpeMplatform.queryInvoiceResult"
-    if on_issue is OutcomeUnknown:
+    if on_issue is OutcomeUnknown and issue.value.code is None:
         assert issue.value.hint is not None and "query by order number" in issue.value.hint
+    if on_issue is OutcomeUnknown and issue.value.code is not None:
+        # an undocumented answer: the operator is told it is treated as outcome-unknown
+        assert issue.value.hint is not None and "never a new one" in issue.value.hint
 
 
 @pytest.mark.parametrize("exc_type", TRANSPORT)
@@ -160,17 +175,20 @@ async def test_business_rejections_keep_code_message_and_hint(
     assert not info.value.retryable
 
 
-async def test_unknown_rejection_code_has_no_hint_but_keeps_the_code(
+async def test_an_undocumented_code_on_issue_is_outcome_unknown_and_keeps_the_code(
     fake: FakeNuonuo,
     make_provider: Callable[..., NuonuoProvider],
     seller: Seller,
     special_draft: InvoiceDraft,
 ) -> None:
+    # Issue 14 row 3: an undocumented code must never read as "refused" (which would fail the
+    # order and let retry() burn its number): query first, keep the order number.
     fake.on_gateway = protocol("E9876")
     async with make_provider() as provider:
-        with pytest.raises(ProviderRejected) as info:
+        with pytest.raises(OutcomeUnknown) as info:
             await provider.issue(seller, special_draft, "o-1")
-    assert (info.value.code, info.value.hint) == ("E9876", None)
+    assert info.value.code == "E9876" and info.value.retryable
+    assert info.value.hint is not None and "never a new one" in info.value.hint
 
 
 @pytest.mark.parametrize("result", [None, {}, {"invoiceSerialNum": ""}, ["x"], "x"])

@@ -342,7 +342,7 @@ SLIP_TABLE = [
     ("01", "ready"),
     ("04", "ready"),
     ("02", "awaiting_buyer"),
-    ("03", "awaiting_buyer"),
+    ("03", "awaiting_seller"),
     ("05", "cancelled"),
     ("06", "cancelled"),
     ("07", "cancelled"),
@@ -893,17 +893,33 @@ async def test_transport_failures(
 
 
 @pytest.mark.parametrize("name", ES_CALLS)
-async def test_business_errors_are_rejections_with_their_code(
+async def test_documented_refusals_are_rejections_with_their_code(
     fake: FakeNuonuo, make_provider: MakeProvider, seller: Seller, paper: InvoiceRef, name: str
 ) -> None:
+    # E4000 接口调用失败 (requestBillingNew doc 返回码): a documented refusal.
     method, call, _ = ES_CALLS[name]
-    fake.on_gateway = protocol("E9876")
+    fake.on_gateway = protocol("E4000")
     async with make_provider() as provider:
         with pytest.raises(ProviderRejected) as info:
             await call(provider, seller, paper)
-    assert (info.value.code, info.value.method) == ("E9876", method)
-    assert "描述 E9876" in info.value.message
+    assert (info.value.code, info.value.method) == ("E4000", method)
+    assert "描述 E4000" in info.value.message
     assert not info.value.retryable
+
+
+@pytest.mark.parametrize("name", ES_CALLS)
+async def test_undocumented_codes_are_never_refusals(
+    fake: FakeNuonuo, make_provider: MakeProvider, seller: Seller, paper: InvoiceRef, name: str
+) -> None:
+    # Issue 14 row 3: unknown → outcome unknown (a change) or unavailable (a read), retryable.
+    method, call, mutating = ES_CALLS[name]
+    fake.on_gateway = protocol("E9876")
+    async with make_provider() as provider:
+        with pytest.raises(ProviderError) as info:
+            await call(provider, seller, paper)
+    assert type(info.value) is (OutcomeUnknown if mutating else ProviderUnavailable)
+    assert (info.value.code, info.value.method) == ("E9876", method)
+    assert info.value.retryable
 
 
 @pytest.mark.parametrize("name", ES_CALLS)
@@ -926,7 +942,7 @@ async def test_a_tampered_body_fails_the_signature_check(
     async with make_provider(transport=httpx.MockTransport(tamper)) as provider:
         with pytest.raises(ProviderAuthError) as info:
             await call(provider, seller, paper)
-    assert info.value.code == "070302"
+    assert info.value.code == "070601"
     assert fake.calls == []
 
 
@@ -956,7 +972,7 @@ async def test_lifecycle_hints(
     _, call, _ = ES_CALLS[name]
     fake.on_gateway = protocol(code)
     async with make_provider() as provider:
-        with pytest.raises(ProviderRejected) as info:
+        with pytest.raises(ProviderError) as info:
             await call(provider, seller, paper)
     assert info.value.code == code
     assert info.value.hint is not None and hint_part in info.value.hint
@@ -967,7 +983,8 @@ async def test_e9999_means_not_found_only_for_delivery(
 ) -> None:
     fake.on_gateway = protocol("E9999")
     async with make_provider() as provider:
-        with pytest.raises(ProviderRejected) as info:
+        # undocumented for saveInvoiceRedConfirm: outcome unknown, the slip is queried first
+        with pytest.raises(OutcomeUnknown) as info:
             await provider.request_red_slip(seller, paper, None, "2", "B", "R")
     assert info.value.hint is not None and "invoice not found" not in info.value.hint
 
@@ -977,7 +994,7 @@ async def test_a_reused_bill_id_on_the_fake(
 ) -> None:
     async with make_provider() as provider:
         await provider.request_red_slip(seller, blue, None, "2", "RED-1", "R-1")
-        with pytest.raises(ProviderRejected) as info:
+        with pytest.raises(OutcomeUnknown) as info:
             await provider.request_red_slip(seller, blue, None, "2", "RED-1", "R-1")
     assert info.value.code == "E9999"
     assert methods(fake) == [SAVE, SAVE]

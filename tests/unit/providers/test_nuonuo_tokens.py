@@ -169,6 +169,23 @@ async def test_a_token_that_keeps_being_rejected_is_fetched_only_once_more(
     assert fake.token_fetches == 2
 
 
+@pytest.mark.parametrize("code", ["070302", "070399", "070601"])
+async def test_a_gateway_code_naming_the_token_is_a_token_error_too(
+    fake: FakeNuonuo, make_provider: Callable[..., NuonuoProvider], seller: Seller, code: str
+) -> None:
+    # Issue 14 row 2: the real code for a bad token is undocumented, so any gateway answer that
+    # names the token gets one fresh token (a signature code — 070601 签名不匹配 — does not).
+    def token_in_text(request: httpx.Request, method: str, body: object) -> httpx.Response:
+        return httpx.Response(200, json={"code": code, "describe": "accessToken不存在或已失效"})
+
+    fake.on_gateway = token_in_text
+    async with make_provider() as provider:
+        with pytest.raises(ProviderAuthError) as info:
+            await provider.query_by_serials(seller, ["1"])
+    assert info.value.code == code
+    assert fake.token_fetches == (1 if code in ("070601", "070302") else 2)
+
+
 async def test_quota_exhausted_is_an_auth_error_that_explains_the_limit(
     fake: FakeNuonuo, make_provider: Callable[..., NuonuoProvider], seller: Seller
 ) -> None:

@@ -140,6 +140,7 @@ def real(make_provider: Callable[..., NuonuoProvider]) -> Callable[..., NuonuoPr
     """A provider with the production HTTP engine (no injected transport)."""
 
     def build(base_url: str, **kwargs: Any) -> NuonuoProvider:
+        kwargs.setdefault("token_url", base_url.rstrip("/") + "/accessToken")
         return make_provider(base_url=base_url, transport=None, **kwargs)
 
     return build

@@ -87,17 +87,17 @@ def test_discount_is_netted_into_the_discounted_line() -> None:
 @pytest.mark.parametrize(
     ("detail", "reason", "code"),
     [
-        (returned(), "2", "E9400"),  # 开票有误: full reversal only
-        (returned(taxExcludedPrice="2800.00", ex="-2800.00", tax="-364.00"), "1", "E9400"),
-        (returned(), "3", "E9400"),  # a goods code cannot use 服务中止
-        (returned(), "4", "E9400"),  # 折让 is amount-only: no quantity, no price
-        (returned(ex="2742.48", tax="356.52"), "1", "E9400"),  # amounts must be negative
+        (returned(), "2", "E4000"),  # 开票有误: full reversal only
+        (returned(taxExcludedPrice="2800.00", ex="-2800.00", tax="-364.00"), "1", "E4000"),
+        (returned(), "3", "E4000"),  # a goods code cannot use 服务中止
+        (returned(), "4", "E4000"),  # 折让 is amount-only: no quantity, no price
+        (returned(ex="2742.48", tax="356.52"), "1", "E4000"),  # amounts must be negative
         (returned(tax="-356.60"), "1", "E9131"),  # |ex × rate − tax| > 0.06
-        (returned(num="-2"), "1", "E9132"),  # price × num ≠ amount
-        (returned(ex="-5500.00", tax="-715.00", num="-2.00546"), "4", "E9400"),
-        (returned(taxRate="0.09"), "1", "E9400"),
-        (returned(goodsName="鼠标"), "1", "E9400"),
-        (returned(blueDetailIndex="9"), "1", "E9400"),
+        (returned(num="-2"), "1", "E4000"),  # price × num ≠ amount
+        (returned(ex="-5500.00", tax="-715.00", num="-2.00546"), "4", "E4000"),
+        (returned(taxRate="0.09"), "1", "E4000"),
+        (returned(goodsName="鼠标"), "1", "E4000"),
+        (returned(blueDetailIndex="9"), "1", "E4000"),
     ],
 )
 def test_slip_line_rejections(detail: dict[str, str], reason: str, code: str) -> None:
