@@ -591,3 +591,34 @@ def test_reconcile_finds_a_request_by_any_generation_of_its_number(split_shop: s
         for base, found in ((gen0, True), (gen1, True), ("X", False), (gen0[:-1] + "9", False)):
             rows = conn.execute(q("request_by_order_no"), {"base": base}).fetchall()
             assert bool(rows) is found and (not rows or rows[0][0] == rid), base
+
+
+def test_only_documented_refusals_burn_an_order_number(installed_dsn: str) -> None:
+    """_number_burned (sql/api.sql) is codes.REFUSED but E9613: the documented refusals that
+    create nothing. Anything else — E9106 (the number exists), an undocumented E9…, a gateway
+    code, an unknown outcome — keeps the number, so no answer we cannot read leads to a second
+    invoice (docs/platform-assumptions.md)."""
+    from cdc_invoice.providers.nuonuo import codes
+
+    keep = [
+        "E9106",
+        "E9109",
+        "E9613",
+        "E9999",
+        "E9500",
+        "E9100",
+        "070601",
+        "OUTCOME_UNKNOWN",
+        "ISSUE_FAILED",
+        "PARTIAL_ISSUE",
+        "INTERNAL",
+        None,
+    ]
+    with psycopg.connect(installed_dsn) as conn:
+        burned = {
+            c
+            for c in sorted(codes.REFUSED) + [k for k in keep if k]
+            if conn.execute("SELECT cdc_invoice._number_burned(%s)", (c,)).fetchone() == (True,)
+        }
+        assert conn.execute("SELECT cdc_invoice._number_burned(NULL)").fetchone() == (False,)
+    assert burned == set(codes.REFUSED) - {"E9613"}
