@@ -55,6 +55,26 @@ class SchemaVersionMismatch(SchemaError):
     """The installed cdc_invoice schema has another version than this program expects."""
 
 
+class InstallationCopied(SchemaError):
+    """This database is a copy: its installation tag is bound to another cluster or database."""
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, tag: str, bound_to: str, here: str
+    ) -> None:
+        self.tag = tag
+        self.bound_to = bound_to
+        self.here = here
+        super().__init__(message, hint=hint)
+
+
+class DaemonIdInUse(ConfigError):
+    """Another running daemon has this daemon_id (they would share leases)."""
+
+    def __init__(self, message: str, *, hint: str | None = None, daemon_id: str) -> None:
+        self.daemon_id = daemon_id
+        super().__init__(message, hint=hint)
+
+
 class RequestRefused(CdcInvoiceError):
     """A cdc_invoice function refused the request."""
 

@@ -132,6 +132,26 @@ BEGIN
         RAISE EXCEPTION 'column % does not exist in %', quote_nullable(order_key), v_table
             USING ERRCODE = 'CI002', HINT = 'order_key is the exact column name, without quotes.';
     END IF;
+    -- One row per key, enforced by the database: with two rows under one key the document
+    -- view mixes both orders' lines into one invoice and the second shipment finds the request
+    -- taken. A primary key or a unique constraint/index on exactly this column (valid, not
+    -- partial, no expression; INCLUDE columns are fine). On a partitioned table PostgreSQL
+    -- requires the partition key in every unique index, so only a table partitioned by the
+    -- order key itself qualifies: (id, day) unique lets id 1 exist once per day.
+    IF NOT EXISTS (SELECT 1 FROM pg_index i
+                    WHERE i.indrelid = v_table AND i.indisunique AND i.indisvalid
+                      AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = 1
+                      AND i.indkey[0] = (SELECT a.attnum FROM pg_attribute a
+                                          WHERE a.attrelid = v_table AND a.attname = order_key)) THEN
+        RAISE EXCEPTION 'order_key % of % is not unique: no primary key or unique constraint on exactly that column',
+                        quote_ident(order_key), v_table
+            USING ERRCODE = 'CI001',
+                  HINT = CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = v_table) = 'p'
+                      THEN format('%s is partitioned: a unique constraint must contain the partition key, so %s can be unique only if the table is partitioned by it (PARTITION BY RANGE/LIST/HASH (%s)). Two orders with one key would be invoiced as one.',
+                                  v_table, quote_ident(order_key), quote_ident(order_key))
+                      ELSE format('ALTER TABLE %s ADD UNIQUE (%s); -- fails, listing them, if two orders share a key: the key must name one order',
+                                  v_table, quote_ident(order_key)) END;
+    END IF;
 
     BEGIN
         v_view := document::regclass;

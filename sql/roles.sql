@@ -1,6 +1,6 @@
 -- Roles (cluster-wide, NOLOGIN; grant them to login roles). Re-applied on every install.
 --   cdc_invoice_daemon    what the daemon needs and no more (no access to inventory tables)
---   cdc_invoice_operator  the request_* / retry functions, plus reading
+--   cdc_invoice_operator  the request_* / retry / cancel functions, plus reading
 --   cdc_invoice_reader    the report views
 -- On managed services the installer may lack CREATEROLE: then the roles are skipped with a
 -- NOTICE and the DBA creates them (same names) before running install again.
@@ -29,7 +29,8 @@ BEGIN
         GRANT cdc_invoice_reader TO cdc_invoice_operator;
         GRANT EXECUTE ON FUNCTION cdc_invoice.retry(bigint), cdc_invoice.retry_failed(text),
             cdc_invoice.request_reversal(text, text, jsonb), cdc_invoice.request_void(text, text),
-            cdc_invoice.request_delivery(text, text, text), cdc_invoice.request_refresh(text)
+            cdc_invoice.request_delivery(text, text, text), cdc_invoice.request_refresh(text),
+            cdc_invoice.cancel(bigint, text)
             TO cdc_invoice_operator;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cdc_invoice_daemon') THEN

@@ -14,13 +14,19 @@ CREATE TABLE cdc_invoice.schema_version (
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
 
--- One row: a random tag that makes our platform order numbers unique across installations.
+-- One row: a random tag that makes our platform order numbers unique across installations,
+-- bound to the cluster (pg_control_system()'s system identifier) and database it was made in:
+-- a restored copy elsewhere would reuse production's order numbers, so the daemon refuses to
+-- run on a mismatch until a DBA gives the copy a tag of its own (SELECT cdc_invoice.retag()).
 CREATE TABLE cdc_invoice.installation (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     tag         text NOT NULL DEFAULT upper(substr(md5(random()::text || clock_timestamp()::text), 1, 4)),
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    system_identifier bigint,
+    database_name     text
 );
-INSERT INTO cdc_invoice.installation DEFAULT VALUES;
+INSERT INTO cdc_invoice.installation (system_identifier, database_name)
+SELECT s.system_identifier, current_database() FROM pg_control_system() s;
 
 -- The selling company (销方). One per platform account; keyed by the config's credentials.
 CREATE TABLE cdc_invoice.seller (
@@ -218,7 +224,8 @@ CREATE TABLE cdc_invoice.daemon (
     version      text NOT NULL,
     started_at   timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now(),
-    stopped_at   timestamptz
+    stopped_at   timestamptz,
+    sellers      text[]       -- the sellers it has credentials for, so claims work for (NULL: any)
 );
 
 -- Results of `cdc-invoice reconcile`: local records vs. the platform's, per day and seller.
@@ -243,4 +250,4 @@ CREATE TABLE cdc_invoice.reconciliation (
 CREATE INDEX reconciliation_day_idx ON cdc_invoice.reconciliation (day, run_at);
 
 INSERT INTO cdc_invoice.schema_version (version, description) VALUES (1, 'initial'), (2, 'reconciliation'),
-    (3, 'document json'), (4, 'red invoice index');
+    (3, 'document json'), (4, 'red invoice index'), (5, 'lifecycle edges');

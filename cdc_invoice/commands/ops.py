@@ -58,7 +58,7 @@ def gather_status(dsn: str) -> dict[str, Any]:
     with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor(row_factory=dict_row) as cur:
         out: dict[str, Any] = {}
         try:
-            for key in ("backlog", "failures", "daemons", "tokens"):
+            for key in ("backlog", "failures", "daemons", "unserved", "tokens"):
                 cur.execute(q(f"status_{key}", OPS))
                 out[key] = cur.fetchall()
             cur.execute(q("status_throughput", OPS))
@@ -143,6 +143,20 @@ def status(dsn: str, as_json: bool) -> None:
         )
     daemons.title = "Daemons"
     console.print(daemons if data["daemons"] else "[red]Daemons: none running[/]")
+
+    if data["unserved"]:
+        unserved = Table(
+            "seller", "source", "requests", "oldest", title="[red]Work no live daemon can take[/]"
+        )
+        for r in data["unserved"]:
+            unserved.add_row(
+                r["seller_id"], r["source"], str(r["requests"]), _cell(r["oldest_age"])
+            )
+        console.print(unserved)
+        console.print(
+            "  no live daemon has credentials for these sellers: add "
+            "[provider.credentials.<seller_id>] to a daemon's config and restart it"
+        )
 
     tokens = Table(
         "app key", "token expires", "fetched", "by", "fetches (30 days, max 50)", title="Tokens"

@@ -14,7 +14,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from cdc_invoice.db.queries import latest_version, migrations, q, sql_file
-from cdc_invoice.errors import SchemaNotInstalled, SchemaVersionMismatch
+from cdc_invoice.errors import InstallationCopied, SchemaNotInstalled, SchemaVersionMismatch
 
 REPLACEABLE = ("api.sql", "ops.sql", "lifecycle.sql", "roles.sql", "reports.sql")
 
@@ -119,6 +119,29 @@ def check_version(conn: psycopg.Connection[tuple[object, ...]]) -> int:
             else "upgrade the cdc-invoice package on this machine",
         )
     return version
+
+
+def check_installation(conn: psycopg.Connection[tuple[object, ...]]) -> str:
+    """The installation tag, if it is bound to this cluster and database; else
+    ``InstallationCopied``: a restored or cloned copy would reuse production's order numbers."""
+    row = conn.execute(q("installation_binding")).fetchone()
+    if row is None:
+        raise SchemaNotInstalled(hint="run `cdc-invoice install --dsn …`")
+    tag, sysid, dbname, here_sysid, here_db = row
+    if (sysid, dbname) != (here_sysid, here_db):
+        bound = f"database {dbname} of cluster {sysid}" if sysid else "nothing (unbound)"
+        raise InstallationCopied(
+            f"this database is a copy: installation tag {tag} (the prefix of every platform "
+            f"order number) is bound to {bound}, this is database {here_db} of cluster "
+            f"{here_sysid}; running here would reuse the original's order numbers",
+            hint="if this is a copy (restore, clone, staging), give it a tag of its own as the "
+            "schema owner: SELECT cdc_invoice.retag(); if the original was moved here (dump and "
+            "restore, pg_upgrade) and no longer runs, the same command is safe",
+            tag=str(tag),
+            bound_to=bound,
+            here=f"database {here_db} of cluster {here_sysid}",
+        )
+    return str(tag)
 
 
 def catalogue(
