@@ -76,10 +76,12 @@ END $$;
 --   seller       cdc_invoice.seller.seller_id
 --   reverse_when optional SQL boolean: when a full red-letter reversal is requested
 --
--- A partitioned order table works as is (PostgreSQL 13+): its triggers are cloned to every
--- partition, including partitions created or attached later. An UPDATE that moves a row to
--- another partition fires the INSERT trigger (OLD is NULL there), so issue_when should hold
--- when OLD is NULL, as it must anyway for orders inserted already complete.
+-- order_key must be unique (a primary key or unique constraint/index on exactly that column).
+-- A partitioned order table works as is (PostgreSQL 13+) when partitioned by the order key
+-- (the only way its key can be unique): its triggers are cloned to every partition, including
+-- partitions created or attached later. An UPDATE that moves a row to another partition fires
+-- the INSERT trigger (OLD is NULL there), so issue_when should hold when OLD is NULL, as it
+-- must anyway for orders inserted already complete.
 CREATE OR REPLACE FUNCTION cdc_invoice.attach(
     source       text,
     order_table  text,

@@ -379,29 +379,3 @@ async def test_claim_takes_only_the_sellers_of_this_daemon(shop_dsn: str) -> Non
         assert [r.id for r in got] == [theirs]
     finally:
         await repo.close()
-
-
-def test_claim_with_sellers_never_scans_the_queue(installed_dsn: str) -> None:
-    with psycopg.connect(installed_dsn, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO cdc_invoice.request (source, order_ref, kind, state) "
-            "SELECT 's', 'h' || g, 'issue', 'done' FROM generate_series(1, 20000) g"
-        )
-        conn.execute(
-            "INSERT INTO cdc_invoice.request (source, order_ref, kind, document) "
-            "SELECT 's', g::text, 'issue', '[]' FROM generate_series(1, 20000) g"
-        )
-        conn.execute("ANALYZE cdc_invoice.request")
-        params = {
-            "limit": 8,
-            "poll_limit": 400,
-            "daemon_id": "d",
-            "lease_seconds": 30.0,
-            "kinds": ["issue"],
-            "sellers": ["main"],
-        }
-        plan = "\n".join(
-            str(r[0]) for r in conn.execute("EXPLAIN " + q("claim_requests"), params).fetchall()
-        )
-        assert "Seq Scan on request" not in plan, plan
-        assert "request_due_idx" in plan, plan
