@@ -15,7 +15,6 @@ import pytest
 from psycopg import sql
 
 from cdc_invoice.db import schema
-from cdc_invoice.db.queries import q
 from cdc_invoice.db.repository import Repository
 from cdc_invoice.errors import InstallationCopied
 
