@@ -30,6 +30,13 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_inv cdc_invoice.invoice;
 BEGIN
+    -- The order's lock first, then the invoice's row (see _enqueue): always in this order, so
+    -- a whole-order reversal (one transaction over every part) and a request on one part
+    -- queue behind each other instead of deadlocking.
+    SELECT * INTO v_inv FROM cdc_invoice.invoice i WHERE i.invoice_number = p_number;
+    IF FOUND THEN
+        PERFORM pg_advisory_xact_lock(1128547146, hashtext(v_inv.source || '/' || v_inv.order_ref));
+    END IF;
     SELECT * INTO v_inv FROM cdc_invoice.invoice i WHERE i.invoice_number = p_number FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'invoice % not found', quote_nullable(p_number) USING ERRCODE = 'CI005',
@@ -53,7 +60,8 @@ BEGIN
     -- Serialise the requests of one order: the next seq is max(seq) + 1, and two transactions
     -- computing it at once (two parts of a split order, or a manual request racing the
     -- daemon's whole-order reversal) would otherwise both pick it and one end in a raw 23505.
-    -- The invoice row lock of _invoice_for_request covers one invoice, not the order.
+    -- The invoice row lock covers one invoice, not the order. _invoice_for_request took this
+    -- lock already (before the row's); taking it again is free and keeps _enqueue safe alone.
     PERFORM pg_advisory_xact_lock(1128547146, hashtext(p_inv.source || '/' || p_inv.order_ref));
     -- seq 1 is reserved for the whole-order reversal that attach(reverse_when) requests.
     INSERT INTO cdc_invoice.request (source, order_ref, kind, seq, invoice_id, params, actor)

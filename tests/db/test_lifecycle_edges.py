@@ -305,6 +305,44 @@ def test_two_concurrent_requests_on_one_order_both_succeed(installed_dsn: str) -
         assert seqs == [(2,), (3,)]
 
 
+def test_a_request_on_one_part_and_a_whole_order_request_do_not_deadlock(
+    installed_dsn: str,
+) -> None:
+    """The daemon's whole-order reversal asks for every part in one transaction while an
+    operator asks for one part: each used to hold one invoice's row and wait for the other's
+    (40P01, deadlock detected). The order's lock is now taken before any invoice's row."""
+    with psycopg.connect(installed_dsn, autocommit=True) as conn:
+        rid = request(conn, order_ref="O1", state="done")
+        part1, part2 = invoice(conn, rid, "O1", 1), invoice(conn, rid, "O1", 2)
+    errors: list[BaseException] = []
+    with psycopg.connect(installed_dsn) as whole:
+        whole.execute("SELECT cdc_invoice.request_delivery(%s, 'a@example.com')", (part1,))
+
+        def one_part() -> None:
+            try:
+                with psycopg.connect(installed_dsn, autocommit=True) as conn:
+                    conn.execute(
+                        "SELECT cdc_invoice.request_delivery(%s, 'b@example.com')", (part2,)
+                    )
+            except BaseException as exc:  # reported by the assertion below
+                errors.append(exc)
+
+        t = threading.Thread(target=one_part)
+        t.start()
+        time.sleep(0.5)  # the operator's request is waiting
+        try:
+            whole.execute("SELECT cdc_invoice.request_delivery(%s, 'a@example.com')", (part2,))
+            whole.commit()
+        except psycopg.Error as exc:
+            errors.append(exc)
+        t.join(10)
+    assert errors == []
+    with psycopg.connect(installed_dsn, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM cdc_invoice.request WHERE kind = 'deliver'"
+        ).fetchone() == (3,)
+
+
 # --- hole 9: the installation tag is bound to its database -----------------------------------
 
 
