@@ -15,4 +15,25 @@ UPDATE cdc_invoice.installation
 -- work no live daemon can take. NULL: a daemon of an older version (takes any seller's work).
 ALTER TABLE cdc_invoice.daemon ADD COLUMN sellers text[];
 
+-- request_delivery() now refuses a phone the platform cannot deliver to (deliveryInvoice: a
+-- mobile number, at most 11 characters). One queued before the upgrade crashed the worker on
+-- every lease: it ends here, failed with the reason and the fix, and is never sent.
+WITH bad AS (
+    UPDATE cdc_invoice.request r
+       SET state = 'failed', claimed_by = NULL, lease_until = NULL,
+           last_error = format('phone %s is not a mobile number (11 digits starting with 1)',
+                               quote_literal(r.params ->> 'phone')),
+           error_code = 'INVALID_PHONE',
+           hint = 'ask again with a mobile number (or NULL and an email): SELECT cdc_invoice.request_delivery(''<invoice number>'', ''<email>'', ''13800138000'')',
+           updated_at = now(), done_at = now()
+     WHERE r.kind = 'deliver' AND r.state IN ('pending', 'claimed')
+       AND nullif(btrim(r.params ->> 'phone'), '') IS NOT NULL
+       AND btrim(r.params ->> 'phone') !~ '^1[0-9]{10}$'
+    RETURNING r.id, r.invoice_id, r.source, r.order_ref, r.last_error
+)
+INSERT INTO cdc_invoice.event (request_id, invoice_id, source, order_ref, event, detail)
+SELECT b.id, b.invoice_id, b.source, b.order_ref, 'request.failed',
+       jsonb_build_object('error', b.last_error, 'code', 'INVALID_PHONE', 'by', 'migration 5')
+  FROM bad b;
+
 INSERT INTO cdc_invoice.schema_version (version, description) VALUES (5, 'lifecycle edges');

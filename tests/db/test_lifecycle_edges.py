@@ -273,6 +273,48 @@ def test_request_delivery_refuses_a_phone_the_platform_cannot_deliver_to(
         assert params is not None and params[0]["phone"] == "13800138000"
 
 
+def test_the_upgrade_fails_a_queued_delivery_to_a_bad_phone_with_the_reason(
+    fresh_dsn: str,
+) -> None:
+    """A delivery to 'abc' queued before request_delivery() checked the phone crashed the
+    worker on every lease: the upgrade to version 5 fails it with the reason; others stay."""
+    from cdc_invoice.db.queries import migrations, sql_file
+
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        for version, name in migrations():
+            if version < 5:
+                conn.execute(sql_file(name))
+        bad = request(
+            conn, kind="deliver", seq=2, params=psycopg.types.json.Jsonb({"phone": "abc"})
+        )
+        good = request(
+            conn, kind="deliver", seq=2, params=psycopg.types.json.Jsonb({"phone": "13800138000"})
+        )
+        done = request(
+            conn,
+            kind="deliver",
+            seq=2,
+            state="done",
+            params=psycopg.types.json.Jsonb({"phone": "x"}),
+        )
+    assert schema.install(fresh_dsn).after == schema.latest_version()
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        rows = dict(
+            conn.execute(
+                "SELECT id, (state, error_code, last_error) FROM cdc_invoice.request"
+            ).fetchall()
+        )
+        assert rows[bad][:2] == ("failed", "INVALID_PHONE") and "'abc'" in rows[bad][2]
+        assert rows[good][0] == "pending" and rows[done][0] == "done"
+        assert conn.execute(
+            "SELECT count(*) FROM cdc_invoice.report_failures WHERE request_id = %s", (bad,)
+        ).fetchone() == (1,)
+        assert conn.execute(
+            "SELECT request_id FROM cdc_invoice.event WHERE event = 'request.failed'"
+        ).fetchall() == [(bad,)]
+        schema.check_installation(conn)  # the upgraded database is bound to itself
+
+
 def test_two_concurrent_requests_on_one_order_both_succeed(installed_dsn: str) -> None:
     """Two parts of a split order, a delivery each, in two transactions at once: both used to
     compute the same next seq and the second ended in a raw 23505 (unique_violation)."""
