@@ -236,6 +236,23 @@ ON CONFLICT (daemon_id) DO UPDATE
 -- session, so a SIGKILLed daemon's replacement gets it at once.
 SELECT pg_try_advisory_lock(1128547147, hashtext(%(daemon_id)s)) AS locked;
 
+-- name: daemon_lock_stale_holder
+-- The session holding a daemon_id's lock, if that daemon has not heartbeat for 30 s (3 beats):
+-- a daemon SIGKILLed while its link was half-open leaves its session (and lock) on the server
+-- until the server's TCP keepalive notices, possibly hours. Its replacement ends that session.
+-- (A live holder that was only cut off finds its lock gone when its link returns, and stops.)
+SELECT l.pid
+  FROM pg_locks l
+ WHERE l.locktype = 'advisory' AND l.granted AND l.database = (
+           SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+   AND l.classid = 1128547147 AND l.objid = hashtext(%(daemon_id)s)::oid AND l.objsubid = 2
+   AND NOT EXISTS (SELECT 1 FROM cdc_invoice.daemon d
+                    WHERE d.daemon_id = %(daemon_id)s AND d.stopped_at IS NULL
+                      AND d.heartbeat_at > now() - interval '30 seconds');
+
+-- name: terminate_backend
+SELECT pg_terminate_backend(%(pid)s);
+
 -- name: installation_binding
 -- The tag and where it is bound, next to where we are (a restored copy differs).
 SELECT i.tag, i.system_identifier, i.database_name,

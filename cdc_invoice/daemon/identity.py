@@ -3,8 +3,10 @@ with the same id would each renew and complete the other's work.
 
 A session-level advisory lock keyed on the daemon_id, held on a connection of its own for the
 daemon's life, refuses the second. It dies with the session: a SIGKILLed daemon's replacement
-takes it at once. If the connection drops (database restart), the lock is taken again; should
-another process have taken it meanwhile, this daemon stops.
+takes it at once. A session the server keeps after its client vanished (killed while the link
+was half-open) is ended by the replacement once that daemon's heartbeat is 30 s old. If the
+connection drops (database restart), the lock is taken again; should another process have
+taken it meanwhile, this daemon stops.
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ class DaemonLock:
         """Take the lock or raise ``DaemonIdInUse``; connection errors propagate."""
         conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, **KEEPALIVES)
         try:
-            cur = await conn.execute(q("daemon_lock"), {"daemon_id": self.daemon_id})
-            row = await cur.fetchone()
+            locked = await self._try(conn)
+            if not locked:
+                locked = await self._take_over_stale(conn)
         except BaseException:
             await conn.close()
             raise
-        if not (row and row[0]):
+        if not locked:
             await conn.close()
             raise DaemonIdInUse(
                 f"another daemon with daemon_id {self.daemon_id!r} is running against this "
@@ -48,6 +51,30 @@ class DaemonLock:
                 daemon_id=self.daemon_id,
             )
         self._conn = conn
+
+    async def _try(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        cur = await conn.execute(q("daemon_lock"), {"daemon_id": self.daemon_id})
+        row = await cur.fetchone()
+        return bool(row and row[0])
+
+    async def _take_over_stale(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        """End the lock's session if its daemon has stopped heartbeating, then try again."""
+        cur = await conn.execute(q("daemon_lock_stale_holder"), {"daemon_id": self.daemon_id})
+        row = await cur.fetchone()
+        if row is None:
+            return False
+        log.warning(
+            "daemon_id %r: its lock is held by backend %s of a daemon without a heartbeat for "
+            "30 s (killed while its link was down?); ending that session",
+            self.daemon_id,
+            row[0],
+        )
+        await conn.execute(q("terminate_backend"), {"pid": row[0]})
+        for _ in range(50):  # the backend releases the lock as it exits, within moments
+            if await self._try(conn):
+                return True
+            await asyncio.sleep(0.1)
+        return False
 
     async def keep(self, check_every: float = 10.0) -> None:
         """Until cancelled: retake the lock after a lost connection. Returns (so the daemon

@@ -458,3 +458,40 @@ async def test_claim_takes_only_the_sellers_of_this_daemon(shop_dsn: str) -> Non
         assert [r.id for r in got] == [theirs]
     finally:
         await repo.close()
+
+
+# --- hole 9: one daemon per daemon_id ---------------------------------------------------------
+
+
+async def test_a_daemon_id_in_use_is_refused_unless_its_holder_stopped_heartbeating(
+    installed_dsn: str,
+) -> None:
+    """A daemon SIGKILLed while its link was half-open leaves its session, and the lock, on
+    the server until the server's keepalive notices (hours by default). Its replacement ends
+    that session once the dead daemon's heartbeat is 30 s old; a live daemon is never taken
+    over."""
+    from cdc_invoice.daemon.identity import DaemonLock
+    from cdc_invoice.errors import DaemonIdInUse
+
+    first = DaemonLock(installed_dsn, "same")
+    await first.acquire()
+    with psycopg.connect(installed_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO cdc_invoice.daemon (daemon_id, host, pid, version) "
+            "VALUES ('same', 'h', 1, 'v')"
+        )
+        with pytest.raises(DaemonIdInUse) as info:
+            await DaemonLock(installed_dsn, "same").acquire()
+        assert info.value.daemon_id == "same" and "daemon_id" in str(info.value.hint)
+        other = DaemonLock(installed_dsn, "other")
+        await other.acquire()  # another id is free
+        await other.release()
+
+        conn.execute("UPDATE cdc_invoice.daemon SET heartbeat_at = now() - interval '31 seconds'")
+        second = DaemonLock(installed_dsn, "same")
+        await second.acquire()
+        assert first._conn is not None
+        with pytest.raises(psycopg.OperationalError):
+            await first._conn.execute("SELECT 1")  # the stale session was ended
+        await second.release()
+        await first.release()
