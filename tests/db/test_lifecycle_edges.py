@@ -495,3 +495,47 @@ async def test_a_daemon_id_in_use_is_refused_unless_its_holder_stopped_heartbeat
             await first._conn.execute("SELECT 1")  # the stale session was ended
         await second.release()
         await first.release()
+
+
+async def test_the_daemons_whole_order_reversal_racing_an_operator_never_hits_a_raw_error(
+    installed_dsn: str,
+) -> None:
+    """attach(reverse_when)'s whole-order reversal becomes one request_reversal per part in
+    the daemon's transaction; an operator reversing part 2 at that moment used to make the
+    daemon's insert collide on the next seq: a raw 23505 that refused() re-raised through the
+    worker. Now the two queue on the order's lock, and the daemon gets the CI refusal (part 2
+    is busy), which its handler records as the reason."""
+    import asyncio
+
+    from cdc_invoice.db.repository import Fence
+    from cdc_invoice.errors import RequestRefused
+
+    with psycopg.connect(installed_dsn, autocommit=True) as conn:
+        rid = request(conn, order_ref="O1", state="done")
+        invoice(conn, rid, "O1", 1)
+        part2 = invoice(conn, rid, "O1", 2)
+        request(
+            conn, order_ref="O1", kind="reverse", params=psycopg.types.json.Jsonb({"reason": "1"})
+        )
+    repo = await Repository.open(installed_dsn, "d", size=1)
+    try:
+        await repo.pool.wait()
+        [claimed] = await repo.claim(1, 30, kinds=["reverse"])
+        with psycopg.connect(installed_dsn) as operator:
+            operator.execute("SELECT cdc_invoice.request_reversal(%s, 'sales_return')", (part2,))
+            expand = asyncio.ensure_future(
+                repo.expand_order_reversal(
+                    Fence(claimed.id, claimed.attempt), "shop", "O1", "sales_return"
+                )
+            )
+            await asyncio.sleep(0.5)  # the daemon's expansion waits for the operator's
+            operator.commit()
+        with pytest.raises(RequestRefused) as info:
+            await expand
+        assert "already has a request in progress" in info.value.message
+    finally:
+        await repo.close()
+    with psycopg.connect(installed_dsn, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM cdc_invoice.request WHERE kind = 'reverse' AND invoice_id IS NOT NULL"
+        ).fetchone() == (1,)  # the operator's; the daemon's transaction left nothing half done
