@@ -75,7 +75,7 @@ SELECT count(*) FILTER (WHERE recorded_at > now() - interval '1 minute') AS last
 -- Daemons running, and those that stopped (or vanished) in the last hour.
 SELECT daemon_id, host, pid, version, started_at,
        now() - heartbeat_at AS heartbeat_age,
-       stopped_at
+       stopped_at, sellers
   FROM cdc_invoice.daemon
  WHERE stopped_at IS NULL OR stopped_at > now() - interval '1 hour'
  ORDER BY stopped_at IS NOT NULL, daemon_id;

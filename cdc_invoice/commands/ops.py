@@ -82,6 +82,7 @@ def status(dsn: str, as_json: bool) -> None:
         click.echo(json.dumps(data, default=_json_default, ensure_ascii=False, indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(highlight=False)
@@ -124,7 +125,7 @@ def status(dsn: str, as_json: bool) -> None:
     else:
         console.print("Failures: none")
 
-    daemons = Table("daemon", "host", "pid", "version", "started", "heartbeat", "state")
+    daemons = Table("daemon", "host", "pid", "version", "sellers", "started", "heartbeat", "state")
     for r in data["daemons"]:
         age = r["heartbeat_age"].total_seconds()
         state = (
@@ -137,6 +138,8 @@ def status(dsn: str, as_json: bool) -> None:
             r["host"],
             str(r["pid"]),
             r["version"],
+            # the sellers it takes work for (NULL: a daemon that does not say, i.e. any)
+            escape(", ".join(r["sellers"])) if r["sellers"] is not None else "any",
             _cell(r["started_at"]),
             f"{_age(age)} ago",
             state,
@@ -149,8 +152,11 @@ def status(dsn: str, as_json: bool) -> None:
             "seller", "source", "requests", "oldest", title="[red]Work no live daemon can take[/]"
         )
         for r in data["unserved"]:
-            unserved.add_row(
-                r["seller_id"], r["source"], str(r["requests"]), _cell(r["oldest_age"])
+            unserved.add_row(  # names are the DBA's: never rich markup
+                escape(r["seller_id"]),
+                escape(r["source"]),
+                str(r["requests"]),
+                _cell(r["oldest_age"]),
             )
         console.print(unserved)
         console.print(

@@ -4,6 +4,7 @@ takes only the work of sellers it has credentials for (`health` and `status` say
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -164,6 +165,17 @@ def test_a_daemon_takes_only_the_work_of_its_sellers_and_health_and_status_say_s
     assert "Work no live daemon can take" in status.stdout, status.stdout
     unserved = [line for line in status.stdout.splitlines() if "otherco" in line]
     assert any("other" in line and " 2 " in line for line in unserved), status.stdout
+    as_json = subprocess.run(
+        [sys.executable, "-m", "cdc_invoice", "status", "--dsn", shop_dsn, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    data = json.loads(as_json.stdout)
+    assert [(d["daemon_id"], d["sellers"]) for d in data["daemons"]] == [("main-only", ["main"])]
+    assert [(u["seller_id"], u["source"], u["requests"]) for u in data["unserved"]] == [
+        ("other", "otherco", 2)
+    ]
 
     config = harness.write_config(tmp_path / "health.toml", dsn=shop_dsn, sandbox=sandbox)
     health = subprocess.run(
