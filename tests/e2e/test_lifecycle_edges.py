@@ -91,13 +91,23 @@ def copy_of_shop(admin_dsn: str, shop_dsn: str) -> Iterator[str]:
 
 
 def test_the_daemon_refuses_a_copy_of_the_database_until_it_is_retagged(
-    copy_of_shop: str, sandbox: harness.Sandbox, start_daemon: StartDaemon
+    copy_of_shop: str, sandbox: harness.Sandbox, start_daemon: StartDaemon, tmp_path: Path
 ) -> None:
     refused = start_daemon(copy_of_shop, sandbox, name="on-copy", daemon_id="staging")
     assert exited(refused) == 2, refused.output()
     assert "this database is a copy" in refused.output()
     assert "SELECT cdc_invoice.retag()" in refused.output()
     assert registered_pid(copy_of_shop, "staging") is None
+    # reconcile drives unfinished requests through the daemon's code: refused as well
+    config = harness.write_config(tmp_path / "copy.toml", dsn=copy_of_shop, sandbox=sandbox)
+    reconcile = subprocess.run(
+        [sys.executable, "-m", "cdc_invoice", "reconcile", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert reconcile.returncode == 2, reconcile.stdout + reconcile.stderr
+    assert "this database is a copy" in reconcile.stdout + reconcile.stderr
     with psycopg.connect(copy_of_shop, autocommit=True) as conn:
         conn.execute("SELECT cdc_invoice.retag()")
     started = start_daemon(copy_of_shop, sandbox, name="retagged", daemon_id="staging")
