@@ -287,9 +287,10 @@ $$;
 -- cancel(): give up on a request that nothing at the platform depends on: a failed one, or a
 -- pending one never sent (no order number yet). It becomes 'cancelled' with the
 -- reason, which reports do not count as a failure; cdc_invoice.retry(id) puts it back.
--- Refused for anything claimed, submitted or possibly sent (a pending request with attempts:
--- its first try may have reached the platform), and for anything with parts, a slip or an
--- invoice at the platform: cancelling those would hide an invoice that exists.
+-- Refused for anything claimed, submitted or possibly sent (a pending request with an order
+-- number; a failed one whose answer was once lost, unless the platform refused the number
+-- since), and for anything with parts, a slip or an invoice at the platform: cancelling
+-- those could hide an invoice that exists.
 CREATE OR REPLACE FUNCTION cdc_invoice.cancel(request_id bigint, reason text)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -326,6 +327,17 @@ BEGIN
         RAISE EXCEPTION 'request % was already tried % time(s) and may have reached the platform', v_req.id, v_req.attempt
             USING ERRCODE = 'CI006',
                   HINT = format('wait until it is done or failed (SELECT state, last_error FROM cdc_invoice.request WHERE id = %s), then cancel it', v_req.id);
+    END IF;
+    -- A try whose answer was lost may have issued under the request's order number; only the
+    -- platform refusing that number since (a burned number: nothing exists under it) settles
+    -- it here. Deliveries and refreshes create nothing at the platform.
+    IF v_req.kind IN ('issue', 'reverse', 'void') AND NOT cdc_invoice._number_burned(v_req.error_code)
+       AND EXISTS (SELECT 1 FROM cdc_invoice.event e
+                    WHERE e.request_id = v_req.id AND e.detail ->> 'unknown_outcome' = 'true') THEN
+        RAISE EXCEPTION 'request % may have reached the platform: the answer to one of its tries was lost', v_req.id
+            USING ERRCODE = 'CI006',
+                  HINT = format('run cdc-invoice reconcile for the day it was tried (it records an invoice found under its order number %s), or SELECT cdc_invoice.retry(%s), which asks the platform first',
+                                coalesce(v_req.platform_order_no, '-'), v_req.id);
     END IF;
     SELECT i.invoice_number INTO v_invoice FROM cdc_invoice.invoice i
      WHERE i.request_id = v_req.id LIMIT 1;

@@ -149,6 +149,33 @@ def test_cancel_is_refused_for_anything_that_may_be_at_the_platform(
         ).fetchone() == (values["state"],)
 
 
+def test_cancel_is_refused_after_a_lost_answer_unless_the_platform_refused_the_number(
+    installed_dsn: str,
+) -> None:
+    """A try whose response was lost (request.retry with unknown_outcome) may have issued an
+    invoice under the order number: cancelling would hide it. A later refusal of that number
+    (E9…, not E9106) proves nothing exists under it."""
+    with psycopg.connect(installed_dsn, autocommit=True) as conn:
+        ids = []
+        for code in ("MAPPING", "E9101"):
+            rid = request(
+                conn, state="failed", attempt=2, platform_order_no=f"CIXXXX0{code}", error_code=code
+            )
+            conn.execute(
+                "INSERT INTO cdc_invoice.event (request_id, event, detail) VALUES"
+                " (%s, 'request.retry', '{\"unknown_outcome\": true}')",
+                (rid,),
+            )
+            ids.append(rid)
+        err = ci_error(conn, "SELECT cdc_invoice.cancel(%s, 'x')", (ids[0],))
+        assert "answer to one of its tries was lost" in str(err.diag.message_primary)
+        assert "reconcile" in str(err.diag.message_hint)
+        conn.execute("SELECT cdc_invoice.cancel(%s, 'x')", (ids[1],))
+        assert conn.execute(
+            "SELECT state FROM cdc_invoice.request WHERE id = ANY(%s) ORDER BY id", (ids,)
+        ).fetchall() == [("failed",), ("cancelled",)]
+
+
 def test_cancel_refuses_a_request_with_an_invoice_and_bad_arguments(installed_dsn: str) -> None:
     with psycopg.connect(installed_dsn, autocommit=True) as conn:
         rid = request(conn, order_ref="O1", state="failed", attempt=1)
