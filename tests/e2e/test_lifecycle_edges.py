@@ -108,6 +108,15 @@ def test_the_daemon_refuses_a_copy_of_the_database_until_it_is_retagged(
     )
     assert reconcile.returncode == 2, reconcile.stdout + reconcile.stderr
     assert "this database is a copy" in reconcile.stdout + reconcile.stderr
+    health = subprocess.run(
+        [sys.executable, "-m", "cdc_invoice", "health", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert health.returncode == 1, health.stdout + health.stderr
+    [check] = [c for c in json.loads(health.stdout)["checks"] if c["name"] == "installation"]
+    assert check["status"] == "fail" and "SELECT cdc_invoice.retag()" in check["fix"]
     with psycopg.connect(copy_of_shop, autocommit=True) as conn:
         conn.execute("SELECT cdc_invoice.retag()")
     started = start_daemon(copy_of_shop, sandbox, name="retagged", daemon_id="staging")
