@@ -2,9 +2,11 @@
 
     CdcInvoiceError
     ├── ConfigError                 bad or missing configuration (fix the config file / env)
+    │   └── DaemonIdInUse           another running daemon has this daemon_id
     ├── SchemaError
     │   ├── SchemaNotInstalled      run `cdc-invoice install`
-    │   └── SchemaVersionMismatch   run `cdc-invoice install` (upgrade) or update the daemon
+    │   ├── SchemaVersionMismatch   run `cdc-invoice install` (upgrade) or update the daemon
+    │   └── InstallationCopied      a copy of the database: SELECT cdc_invoice.retag()
     ├── RequestRefused              a cdc_invoice SQL function refused (SQLSTATE CI…), with its hint
     ├── OrderError                  this order cannot be invoiced as it stands (parked as failed)
     │   ├── MappingError            customers / items missing from cdc_invoice.buyer / item_tax
