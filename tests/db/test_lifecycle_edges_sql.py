@@ -276,6 +276,33 @@ def test_attach_refuses_a_table_partitioned_by_another_column(installed_dsn: str
         assert "PARTITION BY RANGE/LIST/HASH (id)" in str(info.value.diag.message_hint)
 
 
+def test_a_source_attached_before_the_check_keeps_capturing_through_upgrades(
+    installed_dsn: str,
+) -> None:
+    """Every upgrade re-attaches every source (reattach). One attached with a non-unique key
+    before attach() checked it (here: its unique constraint dropped since) must not make the
+    upgrade fail or stop its capture: it is refreshed with a warning naming the fix, while a
+    new source on that key is still refused."""
+    with psycopg.connect(installed_dsn, autocommit=True) as conn:
+        attach_to(conn, "CREATE TABLE inv.orders (id int CONSTRAINT k UNIQUE, status text)")
+        conn.execute("ALTER TABLE inv.orders DROP CONSTRAINT k")
+    result = schema.install(installed_dsn)  # an upgrade re-attaches every source
+    assert any(
+        "WARNING: order_key id is not unique (fix: ALTER TABLE inv.orders ADD UNIQUE (id);" in n
+        for n in result.notes
+    ), result.notes
+    with psycopg.connect(installed_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO inv.orders VALUES (1, 'shipped')")
+        assert conn.execute(
+            "SELECT order_ref FROM cdc_invoice.request WHERE source = 't'"
+        ).fetchall() == [("1",)]
+        err = ci_error(
+            conn,
+            ATTACH.replace("'t'", "'t2'"),
+        )
+        assert err.sqlstate == "CI001" and "not unique" in str(err.diag.message_primary)
+
+
 # --- hole 4 (delivery phone) and hole 9 (concurrent requests on one order) -------------------
 
 
