@@ -2,9 +2,11 @@
 
     CdcInvoiceError
     ├── ConfigError                 bad or missing configuration (fix the config file / env)
+    │   └── DaemonIdInUse           another running daemon has this daemon_id
     ├── SchemaError
     │   ├── SchemaNotInstalled      run `cdc-invoice install`
-    │   └── SchemaVersionMismatch   run `cdc-invoice install` (upgrade) or update the daemon
+    │   ├── SchemaVersionMismatch   run `cdc-invoice install` (upgrade) or update the daemon
+    │   └── InstallationCopied      a copy of the database: SELECT cdc_invoice.retag()
     ├── RequestRefused              a cdc_invoice SQL function refused (SQLSTATE CI…), with its hint
     ├── OrderError                  this order cannot be invoiced as it stands (parked as failed)
     │   ├── MappingError            customers / items missing from cdc_invoice.buyer / item_tax
@@ -53,6 +55,26 @@ class SchemaNotInstalled(SchemaError):
 
 class SchemaVersionMismatch(SchemaError):
     """The installed cdc_invoice schema has another version than this program expects."""
+
+
+class InstallationCopied(SchemaError):
+    """This database is a copy: its installation tag is bound to another cluster or database."""
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, tag: str, bound_to: str, here: str
+    ) -> None:
+        self.tag = tag
+        self.bound_to = bound_to
+        self.here = here
+        super().__init__(message, hint=hint)
+
+
+class DaemonIdInUse(ConfigError):
+    """Another running daemon has this daemon_id (they would share leases)."""
+
+    def __init__(self, message: str, *, hint: str | None = None, daemon_id: str) -> None:
+        self.daemon_id = daemon_id
+        super().__init__(message, hint=hint)
 
 
 class RequestRefused(CdcInvoiceError):

@@ -84,10 +84,12 @@ END $$;
 --   seller       cdc_invoice.seller.seller_id
 --   reverse_when optional SQL boolean: when a full red-letter reversal is requested
 --
--- A partitioned order table works as is (PostgreSQL 13+): its triggers are cloned to every
--- partition, including partitions created or attached later. An UPDATE that moves a row to
--- another partition fires the INSERT trigger (OLD is NULL there), so issue_when should hold
--- when OLD is NULL, as it must anyway for orders inserted already complete.
+-- order_key must be unique (a primary key or unique constraint/index on exactly that column).
+-- A partitioned order table works as is (PostgreSQL 13+) when partitioned by the order key
+-- (the only way its key can be unique): its triggers are cloned to every partition, including
+-- partitions created or attached later. An UPDATE that moves a row to another partition fires
+-- the INSERT trigger (OLD is NULL there), so issue_when should hold when OLD is NULL, as it
+-- must anyway for orders inserted already complete.
 CREATE OR REPLACE FUNCTION cdc_invoice.attach(
     source       text,
     order_table  text,
@@ -110,6 +112,7 @@ DECLARE
     -- item_name is what the invoice prints; nothing else can stand in for it.
     v_required   text[] := ARRAY['order_ref', 'line_no', 'item_name', 'quantity', 'unit_price'];
     v_cols       text[];
+    v_not_unique text;
 BEGIN
     IF attach.source IS NULL OR length(attach.source) NOT BETWEEN 1 AND 40 THEN
         RAISE EXCEPTION 'source name must be 1 to 40 characters, got %', quote_nullable(attach.source)
@@ -144,6 +147,34 @@ BEGIN
     IF v_key_type IS NULL THEN
         RAISE EXCEPTION 'column % does not exist in %', quote_nullable(order_key), v_table
             USING ERRCODE = 'CI002', HINT = 'order_key is the exact column name, without quotes.';
+    END IF;
+    -- One row per key, enforced by the database: with two rows under one key the document
+    -- view mixes both orders' lines into one invoice and the second shipment finds the request
+    -- taken. A primary key or a unique constraint/index on exactly this column (valid, not
+    -- partial, no expression; INCLUDE columns are fine). On a partitioned table PostgreSQL
+    -- requires the partition key in every unique index, so only a table partitioned by the
+    -- order key itself qualifies: (id, day) unique lets id 1 exist once per day.
+    IF NOT EXISTS (SELECT 1 FROM pg_index i
+                    WHERE i.indrelid = v_table AND i.indisunique AND i.indisvalid
+                      AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = 1
+                      AND i.indkey[0] = (SELECT a.attnum FROM pg_attribute a
+                                          WHERE a.attrelid = v_table AND a.attname = order_key)) THEN
+        v_not_unique := CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = v_table) = 'p'
+            THEN format('%s is partitioned: a unique constraint must contain the partition key, so %s can be unique only if the table is partitioned by it (PARTITION BY RANGE/LIST/HASH (%s)). Two orders with one key would be invoiced as one.',
+                        v_table, quote_ident(order_key), quote_ident(order_key))
+            ELSE format('ALTER TABLE %s ADD UNIQUE (%s); -- fails, listing them, if two orders share a key: the key must name one order',
+                        v_table, quote_ident(order_key)) END;
+        -- A source attached so before this check existed (re-attached by every upgrade) keeps
+        -- capturing: refusing to refresh its triggers would stop its orders, or the upgrade.
+        IF NOT EXISTS (SELECT 1 FROM cdc_invoice.source s
+                        WHERE s.source = attach.source AND s.order_table = v_table::text
+                          AND s.order_key = attach.order_key) THEN
+            RAISE EXCEPTION 'order_key % of % is not unique: no primary key or unique constraint on exactly that column',
+                            quote_ident(order_key), v_table
+                USING ERRCODE = 'CI001', HINT = v_not_unique;
+        END IF;
+        RAISE WARNING 'source %: order_key % of % is not unique; two orders with one key are invoiced as one',
+                      attach.source, quote_ident(order_key), v_table USING HINT = v_not_unique;
     END IF;
 
     BEGIN
@@ -283,7 +314,8 @@ BEGIN
             jsonb_build_object('order_table', v_table::text, 'order_key', order_key,
                                'issue_when', issue_when, 'reverse_when', reverse_when,
                                'document', v_view::text, 'seller', attach.seller));
-    RETURN format('attached %s to %s (issue when: %s)', attach.source, v_table, issue_when);
+    RETURN format('attached %s to %s (issue when: %s)', attach.source, v_table, issue_when)
+        || coalesce(format('; WARNING: order_key %s is not unique (fix: %s)', quote_ident(order_key), v_not_unique), '');
 END $$;
 
 -- Validates a trigger condition by planning it against the table with NEW and OLD as aliases.

@@ -10,6 +10,7 @@
 --   SELECT cdc_invoice.request_void('2633…', 'invoicing_error');      -- paper kinds (es/ec) only
 --   SELECT cdc_invoice.request_delivery('2633…', 'ap@example.com', NULL);
 --   SELECT cdc_invoice.request_refresh('2633…');
+--   SELECT cdc_invoice.cancel(42, 'order cancelled by the customer');
 
 -- '1'..'4' or a name (English or Chinese) -> the platform's reason code.
 CREATE OR REPLACE FUNCTION cdc_invoice.red_reason_code(reason text) RETURNS text
@@ -29,6 +30,13 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_inv cdc_invoice.invoice;
 BEGIN
+    -- The order's lock first, then the invoice's row (see _enqueue): always in this order, so
+    -- a whole-order reversal (one transaction over every part) and a request on one part
+    -- queue behind each other instead of deadlocking.
+    SELECT * INTO v_inv FROM cdc_invoice.invoice i WHERE i.invoice_number = p_number;
+    IF FOUND THEN
+        PERFORM pg_advisory_xact_lock(1128547146, hashtext(v_inv.source || '/' || v_inv.order_ref));
+    END IF;
     SELECT * INTO v_inv FROM cdc_invoice.invoice i WHERE i.invoice_number = p_number FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'invoice % not found', quote_nullable(p_number) USING ERRCODE = 'CI005',
@@ -49,6 +57,12 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_id bigint;
 BEGIN
+    -- Serialise the requests of one order: the next seq is max(seq) + 1, and two transactions
+    -- computing it at once (two parts of a split order, or a manual request racing the
+    -- daemon's whole-order reversal) would otherwise both pick it and one end in a raw 23505.
+    -- The invoice row lock covers one invoice, not the order. _invoice_for_request took this
+    -- lock already (before the row's); taking it again is free and keeps _enqueue safe alone.
+    PERFORM pg_advisory_xact_lock(1128547146, hashtext(p_inv.source || '/' || p_inv.order_ref));
     -- seq 1 is reserved for the whole-order reversal that attach(reverse_when) requests.
     INSERT INTO cdc_invoice.request (source, order_ref, kind, seq, invoice_id, params, actor)
     SELECT p_inv.source, p_inv.order_ref, p_kind,
@@ -286,6 +300,13 @@ BEGIN
         RAISE EXCEPTION 'email % is not valid (at most 50 characters)', quote_literal(email)
             USING ERRCODE = 'CI001', HINT = 'the platform accepts one address of up to 50 characters';
     END IF;
+    -- deliveryInvoice (诺诺开放平台诺税通saas发票重新交付接口): phone is the delivery mobile number,
+    -- at most 11 characters; a mainland mobile number is 11 digits starting with 1.
+    IF nullif(btrim(phone), '') IS NOT NULL AND btrim(phone) !~ '^1[0-9]{10}$' THEN
+        RAISE EXCEPTION 'phone % is not a mobile number (11 digits starting with 1)', quote_literal(phone)
+            USING ERRCODE = 'CI001',
+                  HINT = 'the platform delivers by SMS to a mainland mobile number, e.g. ''13800138000''; give NULL to deliver by email only';
+    END IF;
     v_inv := cdc_invoice._invoice_for_request(request_delivery.invoice_number, 'deliver');
     RETURN cdc_invoice._enqueue(v_inv, 'deliver',
         jsonb_build_object('email', nullif(btrim(email), ''), 'phone', nullif(btrim(phone), ''),
@@ -301,6 +322,91 @@ DECLARE
 BEGIN
     v_inv := cdc_invoice._invoice_for_request(request_refresh.invoice_number, 'refresh');
     RETURN cdc_invoice._enqueue(v_inv, 'refresh', jsonb_build_object('requested_by', session_user));
+END $$;
+
+-- Whether a request's progress records anything the platform holds (a part sent, a red-letter
+-- slip, a red invoice's serial): then only the platform's answer may finish it.
+CREATE OR REPLACE FUNCTION cdc_invoice._at_platform(p_progress jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(jsonb_typeof(p_progress) = 'object' AND EXISTS (
+        SELECT 1 FROM jsonb_each(p_progress) e
+         WHERE e.value NOT IN ('null'::jsonb, '[]'::jsonb, '{}'::jsonb)), false)
+$$;
+
+-- cancel(): give up on a request that nothing at the platform depends on: a failed one, or a
+-- pending one never sent (no order number yet). It becomes 'cancelled' with the
+-- reason, which reports do not count as a failure; cdc_invoice.retry(id) puts it back.
+-- Refused for anything claimed, submitted or possibly sent (a pending request with an order
+-- number; a failed one whose answer was once lost, unless the platform refused the number
+-- since), and for anything with parts, a slip or an invoice at the platform: cancelling
+-- those could hide an invoice that exists.
+CREATE OR REPLACE FUNCTION cdc_invoice.cancel(request_id bigint, reason text)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_req     cdc_invoice.request;
+    v_invoice text;
+BEGIN
+    IF coalesce(btrim(reason), '') = '' THEN
+        RAISE EXCEPTION 'give a reason for cancelling request %', cancel.request_id
+            USING ERRCODE = 'CI001',
+                  HINT = format('e.g. SELECT cdc_invoice.cancel(%s, %L)', cancel.request_id,
+                                'order cancelled by the customer');
+    END IF;
+    -- FOR UPDATE waits for a claim in progress and then sees its result ('claimed').
+    SELECT * INTO v_req FROM cdc_invoice.request r WHERE r.id = cancel.request_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'request % not found', cancel.request_id USING ERRCODE = 'CI005',
+            HINT = 'SELECT request_id, state, last_error FROM cdc_invoice.report_open';
+    END IF;
+    IF v_req.state IN ('done', 'cancelled') THEN
+        RAISE EXCEPTION 'request % is % already', v_req.id, v_req.state USING ERRCODE = 'CI006',
+            HINT = CASE WHEN v_req.state = 'done' AND v_req.kind = 'issue'
+                        THEN 'its invoices exist: reverse them with cdc_invoice.request_reversal(<number>, <reason>)'
+                        ELSE 'nothing to cancel' END;
+    END IF;
+    IF v_req.state IN ('claimed', 'submitted') THEN
+        RAISE EXCEPTION 'request % is % (in flight at the platform or being worked on) and cannot be cancelled',
+            v_req.id, v_req.state USING ERRCODE = 'CI006',
+            HINT = format('wait until it is done or failed: SELECT state, last_error FROM cdc_invoice.request WHERE id = %s', v_req.id);
+    END IF;
+    -- A claim sets the order number: without one, nothing of this try was sent (retry() clears
+    -- it only after the platform refused the old one).
+    IF v_req.state = 'pending' AND v_req.platform_order_no IS NOT NULL THEN
+        RAISE EXCEPTION 'request % was already tried % time(s) and may have reached the platform', v_req.id, v_req.attempt
+            USING ERRCODE = 'CI006',
+                  HINT = format('wait until it is done or failed (SELECT state, last_error FROM cdc_invoice.request WHERE id = %s), then cancel it', v_req.id);
+    END IF;
+    -- A try whose answer was lost may have issued under the request's order number; only the
+    -- platform refusing that number since (a burned number: nothing exists under it) settles
+    -- it here. Deliveries and refreshes create nothing at the platform.
+    IF v_req.kind IN ('issue', 'reverse', 'void') AND NOT cdc_invoice._number_burned(v_req.error_code)
+       AND EXISTS (SELECT 1 FROM cdc_invoice.event e
+                    WHERE e.request_id = v_req.id AND e.detail ->> 'unknown_outcome' = 'true') THEN
+        RAISE EXCEPTION 'request % may have reached the platform: the answer to one of its tries was lost', v_req.id
+            USING ERRCODE = 'CI006',
+                  HINT = format('run cdc-invoice reconcile for the day it was tried (it records an invoice found under its order number %s), or SELECT cdc_invoice.retry(%s), which asks the platform first',
+                                coalesce(v_req.platform_order_no, '-'), v_req.id);
+    END IF;
+    SELECT i.invoice_number INTO v_invoice FROM cdc_invoice.invoice i
+     WHERE i.request_id = v_req.id LIMIT 1;
+    IF cdc_invoice._at_platform(v_req.progress) OR v_invoice IS NOT NULL THEN
+        RAISE EXCEPTION 'request % has parts at the platform%; cancelling it would hide them', v_req.id,
+            coalesce(' (invoice ' || v_invoice || ')', '') USING ERRCODE = 'CI006',
+            HINT = format('finish it instead: cdc-invoice reconcile, or SELECT cdc_invoice.retry(%s) once the cause is fixed; reverse issued invoices with cdc_invoice.request_reversal', v_req.id);
+    END IF;
+    UPDATE cdc_invoice.request r
+       SET state = 'cancelled', claimed_by = NULL, lease_until = NULL,
+           last_error = format('cancelled by %s: %s', session_user, btrim(cancel.reason)),
+           error_code = 'CANCELLED',
+           hint = format('SELECT cdc_invoice.retry(%s) puts it back in the queue', v_req.id),
+           updated_at = now(), done_at = now()
+     WHERE r.id = v_req.id;
+    INSERT INTO cdc_invoice.event (actor, request_id, invoice_id, source, order_ref, event, detail)
+    VALUES (session_user, v_req.id, v_req.invoice_id, v_req.source, v_req.order_ref, 'request.cancelled',
+            jsonb_build_object('reason', btrim(cancel.reason), 'was', v_req.state,
+                               'last_error', v_req.last_error, 'error_code', v_req.error_code));
+    RETURN v_req.id;
 END $$;
 
 -- Red-letter requests waiting for the buyer's confirmation. They expire 72 hours after the

@@ -360,3 +360,40 @@ BEGIN
                                        reverse_when => s.reverse_when);
     END LOOP;
 END $$;
+
+-- retag(): give this database an installation tag of its own and bind it here. For a restored
+-- or cloned copy of production (the daemon refuses to start there: its tag is production's,
+-- and so would be its platform order numbers). Always safe: requests that already have an
+-- order number keep it; new ones take the new tag. On the database the tag is bound to it
+-- changes nothing unless force => true (e.g. a physical copy, pg_basebackup or PITR, keeps
+-- the cluster's identifier and the database name: it cannot be told apart from a failover).
+-- For the schema owner or a superuser only (no grant to the roles).
+CREATE OR REPLACE FUNCTION cdc_invoice.retag(force boolean DEFAULT false) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_inst cdc_invoice.installation;
+    v_here bigint := (SELECT s.system_identifier FROM pg_control_system() s);
+    v_tag  text;
+BEGIN
+    SELECT * INTO v_inst FROM cdc_invoice.installation FOR UPDATE;
+    IF NOT retag.force AND v_inst.system_identifier = v_here
+       AND v_inst.database_name = current_database() THEN
+        RAISE EXCEPTION 'the installation tag % is bound to this database already', v_inst.tag
+            USING ERRCODE = 'CI006',
+                  HINT = 'nothing to do; on a physical copy (pg_basebackup, PITR) that must not use production''s order numbers: SELECT cdc_invoice.retag(force => true)';
+    END IF;
+    LOOP
+        v_tag := upper(substr(md5(random()::text || clock_timestamp()::text), 1, 4));
+        EXIT WHEN v_tag <> v_inst.tag;
+    END LOOP;
+    UPDATE cdc_invoice.installation
+       SET tag = v_tag, system_identifier = v_here, database_name = current_database();
+    INSERT INTO cdc_invoice.event (actor, event, detail)
+    VALUES (session_user, 'installation.retagged',
+            jsonb_build_object('old_tag', v_inst.tag, 'new_tag', v_tag,
+                               'old_system_identifier', v_inst.system_identifier::text,
+                               'old_database', v_inst.database_name,
+                               'system_identifier', v_here::text, 'database', current_database()));
+    RETURN format('installation tag %s replaced by %s, bound to database %s of cluster %s',
+                  v_inst.tag, v_tag, current_database(), v_here);
+END $$;

@@ -75,10 +75,31 @@ SELECT count(*) FILTER (WHERE recorded_at > now() - interval '1 minute') AS last
 -- Daemons running, and those that stopped (or vanished) in the last hour.
 SELECT daemon_id, host, pid, version, started_at,
        now() - heartbeat_at AS heartbeat_age,
-       stopped_at
+       stopped_at, sellers
   FROM cdc_invoice.daemon
  WHERE stopped_at IS NULL OR stopped_at > now() - interval '1 hour'
  ORDER BY stopped_at IS NOT NULL, daemon_id;
+
+-- name: status_unserved
+-- Unfinished work of sellers that no live daemon has credentials for: it waits until one
+-- with the seller's [provider.credentials.<seller_id>] runs. A daemon that does not record
+-- its sellers (an older version) counts as serving all.
+SELECT s.seller_id, r.source, count(*) AS requests, now() - min(r.created_at) AS oldest_age
+  FROM cdc_invoice.request r
+  JOIN cdc_invoice.source s ON s.source = r.source
+ WHERE r.state IN ('pending', 'claimed', 'submitted')
+   AND NOT EXISTS (SELECT 1 FROM cdc_invoice.daemon d
+                    WHERE d.stopped_at IS NULL AND d.heartbeat_at > now() - interval '30 seconds'
+                      AND (d.sellers IS NULL OR s.seller_id = ANY (d.sellers)))
+ GROUP BY s.seller_id, r.source
+ ORDER BY s.seller_id, r.source;
+
+-- name: health_source_sellers
+-- Sellers with attached sources: a daemon needs credentials for each to take their work.
+SELECT seller_id, array_agg(source ORDER BY source) AS sources
+  FROM cdc_invoice.source
+ GROUP BY seller_id
+ ORDER BY seller_id;
 
 -- name: status_tokens
 SELECT app_key,

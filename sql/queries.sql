@@ -10,15 +10,23 @@ SELECT max(version) AS version FROM cdc_invoice.schema_version;
 -- Each CTE is evaluated once, so LIMIT bounds the UPDATE (unlike IN (subquery)).
 -- Claiming sets the lease: run_after = lease_until, so the same query recovers abandoned rows.
 -- kinds: the request kinds this daemon version handles; others wait, pending, for one that does.
+-- sellers: the sellers this daemon has credentials for (NULL: any). A request of another
+-- seller's source waits for a daemon that can sign for it (`status` shows it if none is live);
+-- a request whose source is detached is taken by anyone, and fails with the reason. The source
+-- list is computed once per claim (an InitPlan over the small source table).
 WITH polls AS MATERIALIZED (
     SELECT id FROM cdc_invoice.request
      WHERE state = 'submitted' AND run_after <= now() AND kind = ANY(%(kinds)s)
+       AND source <> ALL (ARRAY(SELECT s.source FROM cdc_invoice.source s
+                                 WHERE s.seller_id <> ALL (%(sellers)s::text[])))
      ORDER BY run_after, id
      LIMIT %(poll_limit)s
        FOR NO KEY UPDATE SKIP LOCKED
 ), fresh AS MATERIALIZED (
     SELECT id FROM cdc_invoice.request
      WHERE state IN ('pending', 'claimed') AND run_after <= now() AND kind = ANY(%(kinds)s)
+       AND source <> ALL (ARRAY(SELECT s.source FROM cdc_invoice.source s
+                                 WHERE s.seller_id <> ALL (%(sellers)s::text[])))
      ORDER BY run_after, id
      -- a batch of up to 50 polls takes one of the worker's slots
      LIMIT greatest(%(limit)s - (SELECT (count(*) + 49) / 50 FROM polls), 0)
@@ -227,11 +235,40 @@ SELECT DISTINCT ON (item_ref) item_ref, tax_code, tax_rate, short_name, policy_f
  ORDER BY item_ref, (source = '*');
 
 -- name: daemon_register
-INSERT INTO cdc_invoice.daemon (daemon_id, host, pid, version)
-VALUES (%(daemon_id)s, %(host)s, %(pid)s, %(version)s)
+INSERT INTO cdc_invoice.daemon (daemon_id, host, pid, version, sellers)
+VALUES (%(daemon_id)s, %(host)s, %(pid)s, %(version)s, %(sellers)s)
 ON CONFLICT (daemon_id) DO UPDATE
    SET host = EXCLUDED.host, pid = EXCLUDED.pid, version = EXCLUDED.version,
-       started_at = now(), heartbeat_at = now(), stopped_at = NULL;
+       sellers = EXCLUDED.sellers, started_at = now(), heartbeat_at = now(), stopped_at = NULL;
+
+-- name: daemon_lock
+-- Held for the daemon's life on a connection of its own: a second daemon with the same
+-- daemon_id would share its leases (claimed_by), so it is refused. The lock dies with the
+-- session, so a SIGKILLed daemon's replacement gets it at once.
+SELECT pg_try_advisory_lock(1128547147, hashtext(%(daemon_id)s)) AS locked;
+
+-- name: daemon_lock_stale_holder
+-- The session holding a daemon_id's lock, if that daemon has not heartbeat for 30 s (3 beats):
+-- a daemon SIGKILLed while its link was half-open leaves its session (and lock) on the server
+-- until the server's TCP keepalive notices, possibly hours. Its replacement ends that session.
+-- (A live holder that was only cut off finds its lock gone when its link returns, and stops.)
+SELECT l.pid
+  FROM pg_locks l
+ WHERE l.locktype = 'advisory' AND l.granted AND l.database = (
+           SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+   AND l.classid = 1128547147 AND l.objid = hashtext(%(daemon_id)s)::oid AND l.objsubid = 2
+   AND NOT EXISTS (SELECT 1 FROM cdc_invoice.daemon d
+                    WHERE d.daemon_id = %(daemon_id)s AND d.stopped_at IS NULL
+                      AND d.heartbeat_at > now() - interval '30 seconds');
+
+-- name: terminate_backend
+SELECT pg_terminate_backend(%(pid)s);
+
+-- name: installation_binding
+-- The tag and where it is bound, next to where we are (a restored copy differs).
+SELECT i.tag, i.system_identifier, i.database_name,
+       s.system_identifier AS here_system_identifier, current_database() AS here_database_name
+  FROM cdc_invoice.installation i, pg_control_system() s;
 
 -- name: daemon_heartbeat
 UPDATE cdc_invoice.daemon SET heartbeat_at = now() WHERE daemon_id = %(daemon_id)s;

@@ -1,7 +1,7 @@
 -- Roles (NOLOGIN; grant them to login roles). Re-applied on every install, after every other
 -- file: it owns every GRANT on the schema.
 --   <prefix>daemon    what the daemon needs and no more (no access to inventory tables)
---   <prefix>operator  the request_* / retry functions, plus reading
+--   <prefix>operator  the request_* / retry / cancel functions, plus reading
 --   <prefix>reader    the report views
 -- Roles are cluster-wide: with the default prefix 'cdc_invoice_' a member of cdc_invoice_operator
 -- may act in every database of the cluster that has cdc-invoice. A per-database prefix
@@ -87,7 +87,7 @@ BEGIN
         EXECUTE format('GRANT EXECUTE ON FUNCTION cdc_invoice.retry(bigint), cdc_invoice.retry_failed(text),
             cdc_invoice.request_reversal(text, text, jsonb), cdc_invoice.request_void(text, text),
             cdc_invoice.request_delivery(text, text, text), cdc_invoice.request_refresh(text),
-            cdc_invoice.confirm_red_slip(text, boolean)
+            cdc_invoice.confirm_red_slip(text, boolean), cdc_invoice.cancel(bigint, text)
             TO %I', v_operator);
         -- `cdc-invoice archive retry` puts failed fetches back
         EXECUTE format('GRANT UPDATE (state, attempts, run_after, last_error, updated_at)

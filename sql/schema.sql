@@ -14,15 +14,21 @@ CREATE TABLE cdc_invoice.schema_version (
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
 
--- One row: a random tag that makes our platform order numbers unique across installations.
+-- One row: a random tag that makes our platform order numbers unique across installations,
+-- bound to the cluster (pg_control_system()'s system identifier) and database it was made in:
+-- a restored copy elsewhere would reuse production's order numbers, so the daemon refuses to
+-- run on a mismatch until a DBA gives the copy a tag of its own (SELECT cdc_invoice.retag()).
 CREATE TABLE cdc_invoice.installation (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     tag         text NOT NULL DEFAULT upper(substr(md5(random()::text || clock_timestamp()::text), 1, 4)),
     created_at  timestamptz NOT NULL DEFAULT now(),
     -- the names of this database's roles: <prefix>daemon, <prefix>operator, <prefix>reader
-    role_prefix text NOT NULL DEFAULT 'cdc_invoice_' CHECK (role_prefix ~ '^[a-z_][a-z0-9_]{0,40}$')
+    role_prefix text NOT NULL DEFAULT 'cdc_invoice_' CHECK (role_prefix ~ '^[a-z_][a-z0-9_]{0,40}$'),
+    system_identifier bigint,
+    database_name     text
 );
-INSERT INTO cdc_invoice.installation DEFAULT VALUES;
+INSERT INTO cdc_invoice.installation (system_identifier, database_name)
+SELECT s.system_identifier, current_database() FROM pg_control_system() s;
 
 -- The selling company (销方). One per platform account; keyed by the config's credentials.
 CREATE TABLE cdc_invoice.seller (
@@ -230,7 +236,8 @@ CREATE TABLE cdc_invoice.daemon (
     version      text NOT NULL,
     started_at   timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now(),
-    stopped_at   timestamptz
+    stopped_at   timestamptz,
+    sellers      text[]       -- the sellers it has credentials for, so claims work for (NULL: any)
 );
 
 -- Results of `cdc-invoice reconcile`: local records vs. the platform's, per day and seller.
@@ -326,4 +333,4 @@ CREATE INDEX buyer_red_slip_invoice_idx ON cdc_invoice.buyer_red_slip (invoice_i
 
 INSERT INTO cdc_invoice.schema_version (version, description) VALUES (1, 'initial'), (2, 'reconciliation'),
     (3, 'document json'), (4, 'red invoice index'), (5, 'tamper evident'), (6, 'finance'),
-    (7, 'invoice files'), (8, 'lifecycle'), (9, 'buyer red slip');
+    (7, 'invoice files'), (8, 'lifecycle'), (9, 'buyer red slip'), (10, 'lifecycle edges');

@@ -93,7 +93,17 @@ def _create_db(admin: str, name: str, template: str | None = None) -> str:
                 sql.Identifier(name), sql.Identifier(template)
             )
         conn.execute(q)
-    return psycopg.conninfo.make_conninfo(admin, dbname=name)
+    dsn = psycopg.conninfo.make_conninfo(admin, dbname=name)
+    if template:
+        retag_clone(dsn)
+    return dsn
+
+
+def retag_clone(dsn: str) -> None:
+    """A clone of the template database is a copy: the daemon refuses to run on it until it has
+    a tag of its own, as a DBA gives a restored copy (docs/dba-guide.md)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT cdc_invoice.retag()")
 
 
 def _drop_db(admin: str, name: str) -> None:

@@ -1,9 +1,12 @@
-"""Operator commands: run the daemon, inspect and retry failures, configuration reference."""
+"""Operator commands: run the daemon, inspect, retry or cancel failures, configuration
+reference."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import Iterator
 from datetime import datetime
 
 import click
@@ -65,27 +68,43 @@ def retry(dsn: str, request_id: int | None, all_: bool, source: str | None) -> N
     """Put a failed request (or --all) back in the queue once its cause is fixed."""
     if (request_id is None) == (not all_):
         raise click.UsageError("give a REQUEST_ID or --all")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        try:
-            if all_:
-                row = conn.execute("SELECT cdc_invoice.retry_failed(%s)", (source,)).fetchone()
-                click.echo(f"{row[0] if row else 0} request(s) queued again")
-            else:
-                conn.execute("SELECT cdc_invoice.retry(%s)", (request_id,))
-                click.echo(f"request {request_id} queued again")
-        except psycopg.errors.InsufficientPrivilege as exc:
-            raise CdcInvoiceError(
-                f"not allowed: {exc.diag.message_primary}",
-                hint="retrying needs the cdc_invoice_operator role: GRANT cdc_invoice_operator "
-                "TO <your login>",
-            ) from exc
-        except psycopg.DatabaseError as exc:
-            if not (exc.diag.sqlstate or "").startswith("CI"):
-                raise
-            # Our SQL functions' own errors (CI0xx) say what is wrong and how to look.
-            raise CdcInvoiceError(
-                exc.diag.message_primary or str(exc), hint=exc.diag.message_hint
-            ) from exc
+    with psycopg.connect(dsn, autocommit=True) as conn, _operator_errors("retrying"):
+        if all_:
+            row = conn.execute("SELECT cdc_invoice.retry_failed(%s)", (source,)).fetchone()
+            click.echo(f"{row[0] if row else 0} request(s) queued again")
+        else:
+            conn.execute("SELECT cdc_invoice.retry(%s)", (request_id,))
+            click.echo(f"request {request_id} queued again")
+
+
+@click.command()
+@dsn_option
+@click.argument("request_id", type=int)
+@click.option("--reason", required=True, help="why it is given up (kept with the request)")
+def cancel(dsn: str, request_id: int, reason: str) -> None:
+    """Give up on a failed request, or a pending one never sent (retry brings it back)."""
+    with psycopg.connect(dsn, autocommit=True) as conn, _operator_errors("cancelling"):
+        conn.execute("SELECT cdc_invoice.cancel(%s, %s)", (request_id, reason))
+        click.echo(f"request {request_id} cancelled")
+
+
+@contextlib.contextmanager
+def _operator_errors(doing: str) -> Iterator[None]:
+    try:
+        yield
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise CdcInvoiceError(
+            f"not allowed: {exc.diag.message_primary}",
+            hint=f"{doing} needs the cdc_invoice_operator role: GRANT cdc_invoice_operator "
+            "TO <your login>",
+        ) from exc
+    except psycopg.DatabaseError as exc:
+        if not (exc.diag.sqlstate or "").startswith("CI"):
+            raise
+        # Our SQL functions' own errors (CI0xx) say what is wrong and how to look.
+        raise CdcInvoiceError(
+            exc.diag.message_primary or str(exc), hint=exc.diag.message_hint
+        ) from exc
 
 
 @click.command()
@@ -172,4 +191,4 @@ def reconcile(config_path: str | None, day: datetime | None) -> None:
     sys.exit(0 if summary.clean else 1)
 
 
-COMMANDS = [run, config_reference, retry, failures, reconcile]
+COMMANDS = [run, config_reference, retry, cancel, failures, reconcile]

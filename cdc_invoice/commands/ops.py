@@ -58,7 +58,7 @@ def gather_status(dsn: str) -> dict[str, Any]:
     with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor(row_factory=dict_row) as cur:
         out: dict[str, Any] = {}
         try:
-            for key in ("backlog", "failures", "daemons", "tokens"):
+            for key in ("backlog", "failures", "daemons", "unserved", "tokens"):
                 cur.execute(q(f"status_{key}", OPS))
                 out[key] = cur.fetchall()
             cur.execute(q("status_throughput", OPS))
@@ -133,7 +133,7 @@ def status(dsn: str, as_json: bool) -> None:
     else:
         console.print("Failures: none")
 
-    daemons = Table("daemon", "host", "pid", "version", "started", "heartbeat", "state")
+    daemons = Table("daemon", "host", "pid", "version", "sellers", "started", "heartbeat", "state")
     for r in data["daemons"]:
         age = r["heartbeat_age"].total_seconds()
         state = (
@@ -146,12 +146,31 @@ def status(dsn: str, as_json: bool) -> None:
             escape(r["host"]),
             str(r["pid"]),
             escape(r["version"]),
+            # the sellers it takes work for (NULL: a daemon that does not say, i.e. any)
+            escape(", ".join(r["sellers"])) if r["sellers"] is not None else "any",
             _cell(r["started_at"]),
             f"{_age(age)} ago",
             state,
         )
     daemons.title = "Daemons"
     console.print(daemons if data["daemons"] else "[red]Daemons: none running[/]")
+
+    if data["unserved"]:
+        unserved = Table(
+            "seller", "source", "requests", "oldest", title="[red]Work no live daemon can take[/]"
+        )
+        for r in data["unserved"]:
+            unserved.add_row(  # names are the DBA's: never rich markup
+                escape(r["seller_id"]),
+                escape(r["source"]),
+                str(r["requests"]),
+                _cell(r["oldest_age"]),
+            )
+        console.print(unserved)
+        console.print(
+            "  no live daemon has credentials for these sellers: add "
+            "[provider.credentials.<seller_id>] to a daemon's config and restart it"
+        )
 
     tokens = Table(
         "app key", "token expires", "fetched", "by", "fetches (30 days, max 50)", title="Tokens"

@@ -204,6 +204,9 @@ def run_checks(config: Config, listen_timeout: float = 5.0) -> list[Check]:
         except SchemaError as exc:
             checks.append(Check("schema", FAIL, exc.message, time.perf_counter() - t0, exc.hint))
             no_schema = "the schema is not usable"
+        if no_schema is None:
+            checks.append(_installation(conn))
+            checks.append(_sellers(conn, config))
         checks.append(_listen_round_trip(conn, dsn, listen_timeout))
     checks.extend(
         asyncio.run(_platform_checks(config, None if no_schema else dsn, no_schema or ""))
@@ -223,6 +226,38 @@ def _clerk_check(conn: psycopg.Connection[Any]) -> Check:
         "(the platform needs the issuing account's 开票员 name, at most 20 characters)",
         fix="UPDATE cdc_invoice.seller SET clerk = '<开票员姓名>' "
         f"WHERE seller_id = '{missing[0]}';",
+    )
+
+
+def _installation(conn: psycopg.Connection[Any]) -> Check:
+    """The daemon refuses to start on a copy of the database (its tag is the original's)."""
+    try:
+        tag = schema.check_installation(conn)
+    except SchemaError as exc:
+        return Check("installation", FAIL, exc.message, fix=exc.hint)
+    return Check("installation", OK, f"tag {tag}, bound to this database")
+
+
+def _sellers(conn: psycopg.Connection[Any], config: Config) -> Check:
+    """Every seller with attached sources needs credentials: a daemon takes only the work of
+    sellers it can sign for, so the others' orders would wait."""
+    rows = conn.execute(q("health_source_sellers", OPS)).fetchall()
+    missing = [(str(r[0]), list(r[1])) for r in rows if r[0] not in config.provider.credentials]
+    if not missing:
+        return Check(
+            "sellers",
+            OK,
+            f"credentials for every seller with attached sources ({len(rows)})",
+        )
+    named = "; ".join(f"seller {s!r} (sources: {', '.join(src)})" for s, src in missing)
+    return Check(
+        "sellers",
+        FAIL,
+        f"no credentials in this config for {named}: a daemon with this config leaves "
+        "their orders waiting",
+        fix="add [provider.credentials."
+        + missing[0][0]
+        + "] with app_key and app_secret_file (one per seller), or run a daemon that has them",
     )
 
 

@@ -20,11 +20,14 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import psycopg
+
 from cdc_invoice.config import Config
 from cdc_invoice.daemon.handler import SellerCache
 from cdc_invoice.daemon.issuer import Issuer
 from cdc_invoice.daemon.runner import build_provider
-from cdc_invoice.db.repository import Repository
+from cdc_invoice.db import schema
+from cdc_invoice.db.repository import KEEPALIVES, Repository
 from cdc_invoice.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,10 @@ class Summary:
 async def reconcile(config: Config, day: date) -> Summary:
     if not config.provider.credentials:
         raise ConfigError("reconcile needs [provider.credentials.<seller_id>] in the config")
+    # It may issue (an unfinished request driven through the daemon's code): never on a copy
+    # of the database, whose order numbers are the original's.
+    with psycopg.connect(config.database.dsn, **KEEPALIVES) as conn:
+        schema.check_installation(conn)
     repo = await Repository.open(
         config.database.dsn, f"reconcile:{socket.gethostname()}:{os.getpid()}", size=2
     )

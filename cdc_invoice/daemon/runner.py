@@ -29,6 +29,7 @@ from cdc_invoice.archive.fetcher import Archiver
 from cdc_invoice.config import Config, read_secret_file
 from cdc_invoice.daemon import buyer_slips, callback, health, metrics, systemd
 from cdc_invoice.daemon.handler import Stats
+from cdc_invoice.daemon.identity import DaemonLock
 from cdc_invoice.daemon.issuer import Issuer, SellerCache
 from cdc_invoice.daemon.listener import Listener
 from cdc_invoice.daemon.worker import Worker
@@ -96,12 +97,19 @@ async def run(
     # connect_timeout (in KEEPALIVES): a half-open link at start is an error, not a silent hang.
     with psycopg.connect(dsn, **KEEPALIVES) as conn:
         schema.check_version(conn)
+        schema.check_installation(conn)  # a restored copy must not reuse the original's numbers
+    id_lock = DaemonLock(dsn, daemon_id)
+    await id_lock.acquire()  # a second daemon with this daemon_id is refused here
     repo = await Repository.open(dsn, daemon_id, config.database.pool_size)
     try:
         provider = build_provider(config, repo)
     except BaseException:
         await repo.close()  # else the pool keeps reconnecting and the process never exits
+        await id_lock.release()
         raise
+    # Only the sellers this config can sign for: another seller's work waits for a daemon
+    # that has its credentials (instead of failing here, retried forever).
+    sellers = sorted(config.provider.credentials)
     d = config.daemon
     # *_created series (one per counter and histogram) double the series for no alert's use.
     disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -131,6 +139,7 @@ async def run(
         poll_interval=d.poll_interval,
         lease_seconds=d.lease_seconds,
         on_cycle=monitor.on_cycle,
+        sellers=sellers,
     )
     if d.archive_files and d.archive_dir:
         try:
@@ -192,6 +201,7 @@ async def run(
     except BaseException:
         await provider.aclose()
         await repo.close()
+        await id_lock.release()
         if archive_repo is not None:
             await archive_repo.close()
         raise
@@ -249,7 +259,7 @@ async def run(
         loop.add_signal_handler(sig, on_signal, sig)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
 
-    await repo.register_daemon(socket.gethostname(), os.getpid(), __version__)
+    await repo.register_daemon(socket.gethostname(), os.getpid(), __version__, sellers)
     # Everything built so far lives as long as the process: keep it out of the cyclic garbage
     # collector, whose full collections otherwise walked it all and paused the daemon ~60 ms.
     gc.collect()
@@ -258,6 +268,7 @@ async def run(
         asyncio.create_task(listener.run(), name="listener"),
         asyncio.create_task(worker.run(), name="worker"),
         asyncio.create_task(_heartbeat(repo), name="heartbeat"),
+        asyncio.create_task(id_lock.keep(), name="daemon-id-lock"),
     ]
     worker_task = tasks[1]
     service = [
@@ -323,6 +334,7 @@ async def run(
         await repo.daemon_stopped()  # the table is gone too after an uninstall
     await provider.aclose()
     await repo.close()
+    await id_lock.release()
     if archive_repo is not None:
         await archive_repo.close()
     notifier.close()

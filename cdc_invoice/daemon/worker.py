@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from cdc_invoice.daemon.issuer import Issuer
 from cdc_invoice.daemon.lifecycle import KINDS as LIFECYCLE_KINDS
@@ -36,6 +36,7 @@ class Worker:
         lease_seconds: float = 60.0,
         on_cycle: Callable[[], Awaitable[None]] | None = None,
         lifecycle: Lifecycle | None = None,
+        sellers: Sequence[str] | None = None,
     ) -> None:
         self.repo = repo
         self.issuer = issuer
@@ -49,6 +50,8 @@ class Worker:
             max_attempts=issuer.max_attempts,
         )
         self.kinds = ("issue", *LIFECYCLE_KINDS)
+        # the sellers this daemon can sign for: others' work is left to a daemon that can
+        self.sellers = None if sellers is None else tuple(sellers)
         self.wake = wake
         self.concurrency = concurrency
         self.poll_interval = poll_interval
@@ -82,7 +85,11 @@ class Worker:
                 try:
                     # polls come in batches of up to 50 per task (one platform query each)
                     claimed = await self.repo.claim(
-                        limit, self.lease_seconds, self.kinds, poll_limit=50 * limit
+                        limit,
+                        self.lease_seconds,
+                        self.kinds,
+                        poll_limit=50 * limit,
+                        sellers=self.sellers,
                     )
                     db_delay = 0.2
                 except DatabaseUnavailable as exc:

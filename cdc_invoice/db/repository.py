@@ -163,9 +163,10 @@ class Repository:
         lease_seconds: float,
         kinds: Sequence[str] = ("issue",),
         poll_limit: int | None = None,
+        sellers: Sequence[str] | None = None,
     ) -> list[ClaimedRequest]:
         """Up to ``poll_limit`` (default ``limit``) results to poll, plus up to ``limit`` new
-        or retried requests."""
+        or retried requests; only of sources whose seller is in ``sellers`` (None: any)."""
         async with self.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 q("claim_requests"),
@@ -175,6 +176,7 @@ class Repository:
                     "daemon_id": self.daemon_id,
                     "lease_seconds": lease_seconds,
                     "kinds": list(kinds),
+                    "sellers": None if sellers is None else list(sellers),
                 },
             )
             return [ClaimedRequest(**row) for row in await cur.fetchall()]
@@ -602,11 +604,19 @@ class Repository:
 
     # --- daemons -------------------------------------------------------------------------
 
-    async def register_daemon(self, host: str, pid: int, version: str) -> None:
+    async def register_daemon(
+        self, host: str, pid: int, version: str, sellers: Sequence[str] | None = None
+    ) -> None:
         async with self.connection() as conn:
             await conn.execute(
                 q("daemon_register"),
-                {"daemon_id": self.daemon_id, "host": host, "pid": pid, "version": version},
+                {
+                    "daemon_id": self.daemon_id,
+                    "host": host,
+                    "pid": pid,
+                    "version": version,
+                    "sellers": None if sellers is None else sorted(sellers),
+                },
             )
 
     async def heartbeat(self) -> None:

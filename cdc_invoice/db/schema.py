@@ -22,7 +22,12 @@ import psycopg
 from psycopg.rows import dict_row
 
 from cdc_invoice.db.queries import latest_version, migrations, q, sql_file
-from cdc_invoice.errors import ConfigError, SchemaNotInstalled, SchemaVersionMismatch
+from cdc_invoice.errors import (
+    ConfigError,
+    InstallationCopied,
+    SchemaNotInstalled,
+    SchemaVersionMismatch,
+)
 
 # roles.sql last: it grants on every view and function the others define.
 REPLACEABLE = (
@@ -185,7 +190,10 @@ def _reattach(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
             f"attached sources were not refreshed ({exc.diag.message_primary}): "
             "as the order tables' owner run SELECT * FROM cdc_invoice.reattach()"
         ]
-    return [f"refreshed capture of {len(done)} attached source(s)"] if done else []
+    # A source attached before attach() required a unique order key keeps capturing, with a
+    # warning in its line: passed on, so the DBA sees it at the upgrade.
+    warnings = [line for line in done if "WARNING:" in line]
+    return ([f"refreshed capture of {len(done)} attached source(s)"] if done else []) + warnings
 
 
 def check_version(conn: psycopg.Connection[tuple[object, ...]]) -> int:
@@ -203,6 +211,29 @@ def check_version(conn: psycopg.Connection[tuple[object, ...]]) -> int:
             else "upgrade the cdc-invoice package on this machine",
         )
     return version
+
+
+def check_installation(conn: psycopg.Connection[tuple[object, ...]]) -> str:
+    """The installation tag, if it is bound to this cluster and database; else
+    ``InstallationCopied``: a restored or cloned copy would reuse production's order numbers."""
+    row = conn.execute(q("installation_binding")).fetchone()
+    if row is None:
+        raise SchemaNotInstalled(hint="run `cdc-invoice install --dsn …`")
+    tag, sysid, dbname, here_sysid, here_db = row
+    if (sysid, dbname) != (here_sysid, here_db):
+        bound = f"database {dbname} of cluster {sysid}" if sysid else "nothing (unbound)"
+        raise InstallationCopied(
+            f"this database is a copy: installation tag {tag} (the prefix of every platform "
+            f"order number) is bound to {bound}, this is database {here_db} of cluster "
+            f"{here_sysid}; running here would reuse the original's order numbers",
+            hint="if this is a copy (restore, clone, staging), give it a tag of its own as the "
+            "schema owner: SELECT cdc_invoice.retag(); if the original was moved here (dump and "
+            "restore, pg_upgrade) and no longer runs, the same command is safe",
+            tag=str(tag),
+            bound_to=bound,
+            here=f"database {here_db} of cluster {here_sysid}",
+        )
+    return str(tag)
 
 
 def catalogue(

@@ -61,6 +61,7 @@ def run(server: Server, *, quick: bool) -> dict[str, Any]:
                 "daemon_id": "bench",
                 "lease_seconds": 30.0,
                 "kinds": KINDS,
+                "sellers": ["main"],  # as the daemon passes its config's sellers
             }
             times: list[float] = []
             t_all = time.monotonic()

@@ -513,3 +513,21 @@ def test_register_since_uses_china_dates_like_report_daily(
     assert [(r["invoice_number"], r["issued_at"]) for r in rows] == [
         ("25330000000000000101", "2025-03-01 01:30:00+08:00")
     ]
+
+
+def test_cancel_a_failure_then_retry_brings_it_back(busy: str) -> None:
+    """`cdc-invoice cancel` (issue 13, hole 6): the failure leaves `failures`; a refusal is the
+    SQL function's CI error with its hint, exit 2."""
+    with psycopg.connect(busy) as conn:
+        row = conn.execute("SELECT id FROM cdc_invoice.request WHERE order_ref = '12'").fetchone()
+    assert row is not None
+    assert "order '12'" in cli("failures", "--dsn", busy).output
+    assert cli("cancel", str(row[0]), "--dsn", busy).exit_code == 2  # --reason is required
+    done = cli("cancel", str(row[0]), "--reason", "order cancelled", "--dsn", busy)
+    assert done.exit_code == 0 and f"request {row[0]} cancelled" in done.output
+    assert _states(busy)["12"] == "cancelled"
+    assert "order '12'" not in cli("failures", "--dsn", busy).output
+    again = cli("cancel", str(row[0]), "--reason", "again", "--dsn", busy)
+    assert again.exit_code == 2 and "is cancelled already" in again.output
+    assert cli("retry", str(row[0]), "--dsn", busy).exit_code == 0
+    assert _states(busy)["12"] == "pending"

@@ -657,6 +657,7 @@ def _make_database(admin_dsn: str, template_db: str) -> str:
         )
     dsn = psycopg.conninfo.make_conninfo(admin_dsn, dbname=name)
     with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT cdc_invoice.retag()")  # a clone is a copy: a tag of its own
         conn.execute(sql_file("examples/demo_shop.sql"))
         conn.execute(SCHEMA)
         for s in ("ren", "gone", "renkey"):
@@ -1041,6 +1042,7 @@ def side_dsn(admin_dsn: str, template_db: str) -> Iterator[str]:
         )
     dsn = psycopg.conninfo.make_conninfo(admin_dsn, dbname=name)
     with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT cdc_invoice.retag()")  # a clone is a copy: a tag of its own
         conn.execute(sql_file("examples/demo_shop.sql"))
     yield dsn
     _drop_database(admin_dsn, dsn)
