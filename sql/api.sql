@@ -315,7 +315,9 @@ BEGIN
                                'issue_when', issue_when, 'reverse_when', reverse_when,
                                'document', v_view::text, 'seller', attach.seller));
     RETURN format('attached %s to %s (issue when: %s)', attach.source, v_table, issue_when)
-        || coalesce(format('; WARNING: order_key %s is not unique (fix: %s)', quote_ident(order_key), v_not_unique), '');
+        -- format() renders a NULL argument as '', so test it first
+        || CASE WHEN v_not_unique IS NULL THEN ''
+                ELSE format('; WARNING: order_key %s is not unique (fix: %s)', quote_ident(order_key), v_not_unique) END;
 END $$;
 
 -- Validates a trigger condition by planning it against the table with NEW and OLD as aliases.

@@ -68,7 +68,7 @@ BEGIN
         -- Every report view, present and future, and the views finance reads beside them.
         FOR v IN SELECT viewname FROM pg_views
                   WHERE schemaname = 'cdc_invoice'
-                    AND (viewname LIKE 'report\_%' OR viewname IN ('pending_red_slips')) LOOP
+                    AND (viewname LIKE 'report\_%' OR viewname IN ('pending_red_slips', 'pending_buyer_red_slips')) LOOP
             EXECUTE format('GRANT SELECT ON cdc_invoice.%I TO %I', v, v_reader);
         END LOOP;
         -- what the finance guide and the functions' hints tell finance to read: an invoice's
