@@ -281,10 +281,19 @@ def test_paper_invoice_reversal_goes_through_fast_invoice_red(
 
 
 def test_delivery_to_a_bad_phone_fails_with_the_fix_instead_of_looping(running: str) -> None:
-    """Every request ends: 'abc' is no mobile number; the request fails once, saying so."""
+    """Every request ends: 'abc' is no mobile number; the request fails once, saying so.
+    request_delivery() refuses it now; a request queued before that check (or written by
+    hand) still reaches the daemon, which must fail it instead of crashing on every lease."""
     number = ship(running, "C001", [("P-MOUSE", "1", "79.90")])
     with psycopg.connect(running, autocommit=True) as conn:
-        conn.execute("SELECT cdc_invoice.request_delivery(%s, NULL, 'abc')", (number,))
+        conn.execute(
+            "INSERT INTO cdc_invoice.request (source, order_ref, kind, seq, invoice_id, params) "
+            "SELECT source, order_ref, 'deliver', 2, id, "
+            """'{"email": null, "phone": "abc"}'::jsonb """
+            "FROM cdc_invoice.invoice WHERE invoice_number = %s",
+            (number,),
+        )
+        conn.execute("NOTIFY cdc_invoice")
     [(state, error)] = wait_requests(running, "deliver", 1, timeout=20)
     assert state == "failed" and error is not None and "not a mainland mobile" in error
     with psycopg.connect(running) as conn:
