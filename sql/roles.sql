@@ -41,6 +41,11 @@ BEGIN
                         cdc_invoice.invoice_line, cdc_invoice.provider_token, cdc_invoice.daemon
             TO cdc_invoice_daemon;
         GRANT SELECT, INSERT ON cdc_invoice.event, cdc_invoice.reconciliation TO cdc_invoice_daemon;
+        -- the shared platform request rate (issue 17)
+        GRANT SELECT, INSERT, UPDATE ON cdc_invoice.rate_bucket TO cdc_invoice_daemon;
+        GRANT EXECUTE ON FUNCTION
+            cdc_invoice.take_rate_token(text, double precision, double precision)
+            TO cdc_invoice_daemon;
         -- a whole-order reversal (attach's reverse_when) becomes one request per invoice
         GRANT EXECUTE ON FUNCTION cdc_invoice.request_reversal(text, text, jsonb),
             cdc_invoice.platform_order_no(bigint, integer) TO cdc_invoice_daemon;

@@ -7,6 +7,7 @@ the fix), or put back with a backoff (retryable). All three are fenced by (claim
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -15,7 +16,14 @@ from typing import TypeVar
 from cdc_invoice.daemon.backoff import retry_delay
 from cdc_invoice.daemon.observe import NullObserver, Observer
 from cdc_invoice.db.repository import ClaimedRequest, DatabaseUnavailable, Fence, Repository
-from cdc_invoice.errors import CdcInvoiceError, InvalidOrder, OutcomeUnknown, Problem, ProviderError
+from cdc_invoice.errors import (
+    CdcInvoiceError,
+    InvalidOrder,
+    OutcomeUnknown,
+    Problem,
+    ProviderError,
+    SellerPaused,
+)
 from cdc_invoice.invoice.model import Seller
 from cdc_invoice.providers.base import Provider
 
@@ -70,6 +78,7 @@ class Stats:
     recorded: int = 0
     failed: int = 0
     retried: int = 0
+    deferred: int = 0
 
 
 class Handler:
@@ -128,6 +137,9 @@ class Handler:
             log.warning("could not record the failure of request %s: %s", req.id, exc)
 
     async def _retry(self, req: ClaimedRequest, fence: Fence, exc: CdcInvoiceError) -> None:
+        if not exc.counts_as_attempt:  # peak season (issue 17): waiting is not failing
+            await self._defer(req, fence, exc)
+            return
         self.stats.retried += 1
         delay = retry_delay(req.retries, cap=self.max_backoff_seconds)
         code = getattr(exc, "code", None)
@@ -154,5 +166,21 @@ class Handler:
                     },
                 },
             )
+        except DatabaseUnavailable as db_exc:
+            log.warning("could not release request %s: %s (its lease will expire)", req.id, db_exc)
+
+    async def _defer(self, req: ClaimedRequest, fence: Fence, exc: CdcInvoiceError) -> None:
+        """The platform asked us to wait (ProviderThrottled, SellerPaused): put the request
+        back without counting a retry, so no cap fails it and its backoff does not grow."""
+        self.stats.deferred += 1
+        code = getattr(exc, "code", None)
+        self.observer.deferred(req.kind, code)
+        # throttled for the pacer's whole max_throttle_wait: a few seconds, others get a turn
+        delay = exc.retry_after if isinstance(exc, SellerPaused) else random.uniform(1.0, 5.0)
+        log.debug(
+            "request %s (%s %s): %s; waits %.1fs", req.id, req.source, req.order_ref, exc, delay
+        )
+        try:
+            await self.repo.release_deferred(fence, delay, str(exc), code, exc.hint)
         except DatabaseUnavailable as db_exc:
             log.warning("could not release request %s: %s (its lease will expire)", req.id, db_exc)

@@ -164,6 +164,11 @@ class Provider(Protocol):
         """Every invoice issued between start and end (queryInvoiceList, all pages)."""
         ...
 
+    async def re_invoice(self, seller: Seller, serial: str) -> None:
+        """Resubmit an invoice the platform failed (status 22) under its serial and order
+        number (reInvoice); poll the result by serial. Used once the quota is back."""
+        ...
+
     async def aclose(self) -> None:
         """Release connections."""
         ...

@@ -174,6 +174,13 @@ def _quota(_ctx: click.Context, _param: click.Parameter, value: str) -> Decimal:
     help="Per-seller monthly ceiling of ex-tax amounts (CNY).",
 )
 @click.option(
+    "--rate-limit-per-s",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    help="Gateway calls allowed per app key per second; more are answered E9429 (0: no limit).",
+)
+@click.option(
     "--token-ttl-s",
     type=click.IntRange(min=1),
     default=TOKEN_TTL_S,
@@ -220,6 +227,7 @@ def sandbox(
     fault_garbage: float,
     fault_issue_fail: float,
     monthly_quota: Decimal,
+    rate_limit_per_s: float,
     token_ttl_s: int,
     token_limit: int,
     tls_cert: Path | None,
@@ -239,6 +247,7 @@ def sandbox(
         fault_garbage=fault_garbage,
         fault_issue_fail=fault_issue_fail,
         monthly_quota=monthly_quota,
+        rate_limit_per_s=rate_limit_per_s,
     )
     try:
         runtime.validate()

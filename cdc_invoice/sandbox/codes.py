@@ -25,6 +25,8 @@ ASSUMPTIONS — the real platform's codes for these cases are not documented; th
           expect; documented only as deliveryInvoice's "invoice not found")
   E9117/E9118  slip buyer name / tax number ≠ the blue invoice's (documented for legacy red)
   070307  token request with a grant_type other than client_credentials ("Incorrect appType")
+  E9429   gateway call over ``rate_limit_per_s`` for the app key in the last second
+          ("请求过于频繁，请稍后再试"); not acted on (docs/platform-assumptions.md)
 HTTP: every protocol answer, errors included, is HTTP 200 with a JSON body (as the SDKs expect);
 only injected faults produce other statuses.
 """
@@ -35,6 +37,7 @@ from __future__ import annotations
 from typing import Final
 
 OK: Final = "E0000"
+THROTTLED: Final = "E9429"
 MALFORMED: Final = "E9100"
 TOKEN_INVALID: Final = "070301"
 BAD_SIGNATURE: Final = "070302"

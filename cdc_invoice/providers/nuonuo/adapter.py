@@ -22,7 +22,9 @@ from cdc_invoice.errors import (
     OutcomeUnknown,
     ProviderAuthError,
     ProviderRejected,
+    ProviderThrottled,
     ProviderUnavailable,
+    SellerPaused,
 )
 from cdc_invoice.invoice.model import InvoiceDraft, InvoiceLine, Seller
 from cdc_invoice.providers.base import (
@@ -41,6 +43,7 @@ from cdc_invoice.providers.nuonuo.client import (
     dumps,
 )
 from cdc_invoice.providers.nuonuo.token import Clock, TokenCache, TokenStore
+from cdc_invoice.providers.pace import Pacer, QuotaGuard
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ FAST_RED: Final = codes.FAST_RED
 VOID: Final = codes.VOID
 DELIVER: Final = codes.DELIVER
 LIST: Final = codes.LIST
+REINVOICE: Final = codes.REINVOICE
 
 # Guards a platform that ignores pageNo or never stops sending full pages.
 MAX_LIST_PAGES: Final = 2000
@@ -98,8 +102,13 @@ class NuonuoProvider:
         user_agent: str = DEFAULT_USER_AGENT,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Clock = time.time,
+        pacer: Pacer | None = None,
+        quota: QuotaGuard | None = None,
     ) -> None:
         self._credentials = dict(credentials)
+        # providers/pace.py: rate cap, throttling and quota pauses (None: calls go straight out)
+        self.pacer = pacer
+        self.quota = quota
         self._clock = clock
         self._tokens = TokenCache(token_store, clock=clock)
         self._client = NuonuoClient(
@@ -131,6 +140,7 @@ class NuonuoProvider:
     async def issue(self, seller: Seller, draft: InvoiceDraft, order_no: str) -> IssueAccepted:
         if not order_no:
             raise ValueError("order_no (the idempotency key) must not be empty")
+        self._check_quota(seller)
         content = payload.build_order(
             seller,
             draft,
@@ -255,7 +265,30 @@ class NuonuoProvider:
                 found.setdefault(invoice.serial, invoice)
         return list(found.values())
 
+    async def re_invoice(self, seller: Seller, serial: str) -> None:
+        """Resubmit an invoice the platform failed (status 22), same serial and order number
+        (reference/nuonuo.md §2.6 reInvoice, PowerLms 诺诺网接口/数电发票 开票重试: "发票开票失败时…
+        重推开票，发票订单号、流水号与原请求一致"). At most 20 per serial (E9613)."""
+        answer = await self._call(
+            seller, REINVOICE, {"fpqqlsh": serial}, mutating=True, order_no=serial
+        )
+        if answer.code != codes.SUCCESS:
+            raise codes.error_for(answer.code, answer.describe, method=REINVOICE)
+
     # ------------------------------------------------------------ helpers
+
+    def _check_quota(self, seller: Seller) -> None:
+        if self.quota is None or self.quota.may_issue(seller.seller_id):
+            return
+        pause = self.quota.paused.get(seller.seller_id)
+        raise SellerPaused(
+            f"seller {seller.seller_id!r} is paused: the platform's monthly invoicing quota is "
+            f"exhausted ({pause.reason if pause else 'quota'})",
+            seller_id=seller.seller_id,
+            retry_after=self.quota.retry_after(seller.seller_id) or 0.0,
+            hint="ask the tax bureau / Nuonuo to raise the seller's 发票总额度; the daemon "
+            "probes and resumes by itself, nothing is failed meanwhile",
+        )
 
     async def _list_window(
         self, seller: Seller, start: datetime, end: datetime
@@ -352,6 +385,60 @@ class NuonuoProvider:
             ) from None
 
     async def _call(
+        self,
+        seller: Seller,
+        method: str,
+        content: Mapping[str, object],
+        *,
+        mutating: bool,
+        order_no: str | None = None,
+        unknown_hint: str = DEFAULT_UNKNOWN_HINT,
+    ) -> Answer:
+        """One paced gateway call: throttling answers are resent, further apart, for up to the
+        pacer's max_throttle_wait; then ProviderThrottled (the daemon defers the request). A
+        throttled call was not acted on (docs/platform-assumptions.md), so resending is safe;
+        were it acted on, the resend of an issue answers E9106 and the daemon queries first."""
+        pacer = self.pacer
+        if pacer is None:
+            return await self._call_once(
+                seller,
+                method,
+                content,
+                mutating=mutating,
+                order_no=order_no,
+                unknown_hint=unknown_hint,
+            )
+        app_key = self._credentials_for(seller).app_key
+        deadline = pacer.clock() + pacer.max_throttle_wait
+        while True:
+            await pacer.before(app_key, seller.seller_id)
+            try:
+                answer = await self._call_once(
+                    seller,
+                    method,
+                    content,
+                    mutating=mutating,
+                    order_no=order_no,
+                    unknown_hint=unknown_hint,
+                )
+            except ProviderThrottled as exc:  # HTTP 429
+                throttled: ProviderThrottled = exc
+            else:
+                if answer.code not in codes.THROTTLED:
+                    pacer.on_success(seller.seller_id)
+                    return answer
+                throttled = ProviderThrottled(
+                    f"{method}: {answer.code} {answer.describe}".rstrip(),
+                    code=answer.code,
+                    hint=codes.HINTS.get(answer.code),
+                    method=method,
+                )
+            pause = pacer.on_throttled(seller.seller_id)
+            if pacer.clock() + pause > deadline:
+                raise throttled
+            await pacer.sleep(pause)
+
+    async def _call_once(
         self,
         seller: Seller,
         method: str,
