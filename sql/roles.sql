@@ -41,8 +41,10 @@ BEGIN
                         cdc_invoice.invoice_line, cdc_invoice.provider_token, cdc_invoice.daemon
             TO cdc_invoice_daemon;
         GRANT SELECT, INSERT ON cdc_invoice.event, cdc_invoice.reconciliation TO cdc_invoice_daemon;
-        -- the shared platform request rate (issue 17)
-        GRANT SELECT, INSERT, UPDATE ON cdc_invoice.rate_bucket TO cdc_invoice_daemon;
+        -- the shared platform request rate (issue 17; the table is version 5's)
+        IF to_regclass('cdc_invoice.rate_bucket') IS NOT NULL THEN
+            GRANT SELECT, INSERT, UPDATE ON cdc_invoice.rate_bucket TO cdc_invoice_daemon;
+        END IF;
         GRANT EXECUTE ON FUNCTION
             cdc_invoice.take_rate_token(text, double precision, double precision)
             TO cdc_invoice_daemon;

@@ -5,14 +5,22 @@ its next platform call; the function hands out slots 1/per_second apart, so all 
 together start at most ``per_second`` calls in any second (a call late for its slot only
 leaves a gap). A slot further than ``max_wait`` away is not reserved: the caller sleeps and
 asks again, so a daemon that dies holds no slots. One short statement per platform call.
+
+What the platform counts is arrivals, not slots: a call that wakes late for its slot (a busy
+event loop) would land next to the following one. So slots are ``HEADROOM`` further apart than
+the cap, and a call that wakes more than half a slot late gives its slot up and takes a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Final
 
 from cdc_invoice.db.queries import q
 from cdc_invoice.db.repository import Repository
+
+HEADROOM: Final = 0.9  # slots at 90 % of the cap: late starts cannot push arrivals over it
 
 
 class PgRateBucket:
@@ -24,15 +32,27 @@ class PgRateBucket:
         self.repo = repo
         self.per_second = per_second
         self.max_wait = max_wait
+        self.interval = 1.0 / (per_second * HEADROOM)
 
-    async def take(self, key: str) -> float:
-        """Reserve a slot for ``key``; the seconds until it (sleeping while none is near)."""
-        params = {"app_key": key, "per_second": self.per_second, "max_wait": self.max_wait}
+    async def acquire(self, key: str) -> float:
+        """Wait for a slot of ``key``; returns the seconds waited."""
+        params = {
+            "app_key": key,
+            "per_second": self.per_second * HEADROOM,
+            "max_wait": self.max_wait,
+        }
+        started = time.monotonic()
         while True:
             async with self.repo.connection() as conn:
                 row = await (await conn.execute(q("take_rate_token"), params)).fetchone()
             assert row is not None
             wait, granted = float(row[0]), bool(row[1])
-            if granted:
-                return wait
-            await asyncio.sleep(max(wait - self.max_wait, 0.01))
+            if not granted:
+                await asyncio.sleep(max(wait - self.max_wait, 0.01))
+                continue
+            slot = time.monotonic() + wait
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if time.monotonic() - slot <= self.interval / 2:
+                return time.monotonic() - started
+            # woke too late: the next slot's call may be leaving now; take a fresh slot

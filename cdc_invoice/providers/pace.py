@@ -28,8 +28,8 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 class RateBucket(Protocol):
-    async def take(self, key: str) -> float:
-        """Reserve one call for ``key``; the seconds to wait before making it (0: now)."""
+    async def acquire(self, key: str) -> float:
+        """Wait until one call of ``key`` may start; returns the seconds waited."""
 
 
 class Pacer:
@@ -67,10 +67,7 @@ class Pacer:
             if start > now:
                 await self.sleep(start - now)
         if self.bucket is not None:
-            wait = await self.bucket.take(app_key)
-            if wait > 0:
-                self.bucket_waits += wait
-                await self.sleep(wait)
+            self.bucket_waits += await self.bucket.acquire(app_key)
 
     def on_throttled(self, seller_id: str) -> float:
         """A throttling answer: double the seller's spacing; returns the pause before a resend."""

@@ -20,7 +20,18 @@ class SlidingWindow:
         self.window = window
         self.clock = clock
         self._calls: dict[str, deque[float]] = {}
+        self._seen: deque[float] = deque()  # every call, allowed or not, in the last window
         self.throttled = 0
+        self.peak = 0  # most calls received in any one window (tests check a client's cap)
+
+    def observe(self) -> None:
+        """Count one received call toward ``peak``."""
+        now = self.clock()
+        seen = self._seen
+        seen.append(now)
+        while seen[0] <= now - self.window:
+            seen.popleft()
+        self.peak = max(self.peak, len(seen))
 
     def allow(self, key: str, limit: float) -> bool:
         if limit <= 0:

@@ -115,6 +115,7 @@ class SandboxServer:
     async def gateway(self, request: web.Request) -> web.StreamResponse:
         self.counts["gateway_requests"] += 1
         self.by_method[request.headers.get("method", "")] += 1
+        self.rate_window.observe()
         if not self.rate_window.allow(
             request.query.get("appkey", ""), self.config.rate_limit_per_s
         ):
@@ -222,6 +223,7 @@ class SandboxServer:
                 "by_code": dict(self.by_code),
                 "faults": dict(self.faults.injected),
                 "throttled": self.rate_window.throttled,
+                "peak_calls_per_s": self.rate_window.peak,
                 "invoices_by_status": dict(by_status),
                 "invoices": len(self.store.invoices),
                 "slips": len(self.store.slips),

@@ -1,0 +1,105 @@
+"""Peak season against the platform's limits (issue 17), with real processes: two daemons
+under a shared request cap against a sandbox that throttles below it, and a seller whose
+monthly quota runs out and is raised again."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from cdc_invoice import demo, harness
+
+Start = Callable[..., harness.Proc]
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Start]:
+    """start(dsn, sandbox, name, provider={...}, **daemon) -> Proc; all stopped at the end."""
+    procs: list[harness.Proc] = []
+
+    def run(
+        dsn: str, sb: harness.Sandbox, name: str, provider: dict[str, Any], **daemon: Any
+    ) -> harness.Proc:
+        config = harness.write_config(
+            tmp_path / f"{name}.toml", dsn=dsn, sandbox=sb, daemon=daemon, provider=provider
+        )
+        proc = harness.start_daemon(config, name=name)
+        procs.append(proc)
+        return proc
+
+    yield run
+    for p in procs:
+        p.stop()
+
+
+def stats(sb: harness.Sandbox) -> dict[str, Any]:
+    return dict(httpx.get(f"{sb.url}/_sandbox/stats", timeout=10).json())
+
+
+def states(dsn: str) -> dict[str, int]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT state, count(*) FROM cdc_invoice.request GROUP BY 1").fetchall()
+    return {str(s): int(n) for s, n in rows}
+
+
+def test_two_daemons_under_a_shared_cap_absorb_a_lower_platform_limit(
+    shop_dsn: str, sandbox: harness.Sandbox, start: Start
+) -> None:
+    cap = 12.0
+    sandbox.configure(rate_limit_per_s=5)  # the platform allows less than we were told
+    procs = [
+        start(shop_dsn, sandbox, f"d{i}", {"max_requests_per_second": cap}, concurrency=16)
+        for i in (1, 2)
+    ]
+    orders = demo.ship_orders(shop_dsn, 60, connections=4)
+    done, failed = demo.wait_for_requests(shop_dsn, 60, 150.0, progress=False)
+    assert (done, failed) == (60, 0), [p.output()[-2000:] for p in procs]
+    s = stats(sandbox)
+    assert s["throttled"] > 0, s  # the limit was hit, and absorbed: nothing failed
+    # Both daemons together never started more than the shared cap in any second.
+    assert s["peak_calls_per_s"] <= cap, s
+    assert demo.verify_invoices(shop_dsn, orders, sandbox) == []
+    at_platform = sandbox.invoices()
+    assert len(at_platform) == 60 and {i["status"] for i in at_platform} == {"2"}
+    with psycopg.connect(shop_dsn) as conn:
+        # throttling is not failure: no request was counted as retried for it
+        assert conn.execute(
+            "SELECT count(*) FROM cdc_invoice.request WHERE retries > 0"
+        ).fetchone() == (0,)
+
+
+def test_quota_exhausted_pauses_the_seller_and_it_resumes_once_raised(
+    shop_dsn: str, sandbox: harness.Sandbox, start: Start
+) -> None:
+    proc = start(
+        shop_dsn, sandbox, "daemon", {"quota_probe_seconds": 1.0}, metrics_listen="127.0.0.1:0"
+    )
+    first = demo.ship_orders(shop_dsn, 3)
+    assert demo.wait_for_requests(shop_dsn, 3, 60.0, progress=False) == (3, 0)
+    sandbox.configure(monthly_quota="1")  # what the month allows is used up
+    later = demo.ship_orders(shop_dsn, 12, connections=2)
+    # The platform fails invoices for quota (status 22); none is parked as failed.
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 20.0:
+        at_platform = sandbox.invoices()
+        if any(i["status"] == "22" for i in at_platform):
+            break
+        time.sleep(0.2)
+    time.sleep(3.0)  # a few probe intervals while paused
+    now = states(shop_dsn)
+    assert now.get("failed", 0) == 0 and now.get("done", 0) == 3, now
+    assert any(i["status"] == "22" for i in sandbox.invoices())
+    sandbox.configure(monthly_quota="100000000")  # raised
+    done, failed = demo.wait_for_requests(shop_dsn, 15, 120.0, progress=False)
+    assert (done, failed) == (15, 0), proc.output()[-3000:]
+    assert demo.verify_invoices(shop_dsn, first + later, sandbox) == []
+    at_platform = sandbox.invoices()
+    # No burned numbers: one invoice per order, the failed ones re-submitted under their serial.
+    assert len(at_platform) == 15 and {i["status"] for i in at_platform} == {"2"}, at_platform
+    assert stats(sandbox)["by_method"].get("nuonuo.OpeMplatform.reInvoice", 0) >= 1
