@@ -54,6 +54,7 @@ class Pacer:
         self.sleep = sleep
         self.spacing: dict[str, float] = {}  # seller -> seconds between its calls (0: none)
         self._next: dict[str, float] = {}  # seller -> earliest start of its next call
+        self._raised: dict[str, float] = {}  # seller -> when its spacing was last doubled
         self.throttled: Counter[str] = Counter()  # seller -> throttling answers seen
         self.bucket_waits = 0.0  # seconds spent waiting for the cluster-wide bucket
 
@@ -72,8 +73,14 @@ class Pacer:
     def on_throttled(self, seller_id: str) -> float:
         """A throttling answer: double the seller's spacing; returns the pause before a resend."""
         self.throttled[seller_id] += 1
-        spacing = min(max(self.spacing.get(seller_id, 0.0) * 2, self.min_spacing), self.max_spacing)
-        self.spacing[seller_id] = spacing
+        now = self.clock()
+        spacing = self.spacing.get(seller_id, 0.0)
+        # Calls in flight together are throttled together: that is one signal, not many, so
+        # the spacing doubles at most once per spacing period.
+        if now - self._raised.get(seller_id, -1e9) >= spacing:
+            spacing = min(max(spacing * 2, self.min_spacing), self.max_spacing)
+            self.spacing[seller_id] = spacing
+            self._raised[seller_id] = now
         return spacing * (1 + random.random())  # jitter: daemons must not resend in lockstep
 
     def on_success(self, seller_id: str) -> None:
