@@ -4,6 +4,7 @@ on a real PostgreSQL, with two "daemons" (two pools) taking slots at once."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import psycopg
@@ -20,7 +21,7 @@ def test_slots_are_handed_out_one_interval_apart_and_far_ones_are_not_reserved(
     with psycopg.connect(installed_dsn, autocommit=True) as conn:
         waits = [conn.execute(take, (10.0,)).fetchone() for _ in range(5)]
         assert all(row is not None and row[1] for row in waits)
-        gaps = [b[0] - a[0] for a, b in zip(waits, waits[1:], strict=False)]  # type: ignore[index]
+        gaps = [b[0] - a[0] for a, b in itertools.pairwise(waits)]  # type: ignore[index]
         assert all(0.08 < g <= 0.1 for g in gaps), waits
         # a slot more than max_wait away is refused and nothing is reserved
         refused = [conn.execute(take, (0.0,)).fetchone() for _ in range(3)]
@@ -33,11 +34,15 @@ def test_slots_are_handed_out_one_interval_apart_and_far_ones_are_not_reserved(
 
 
 def test_a_cap_that_is_not_positive_is_refused_with_a_hint(installed_dsn: str) -> None:
-    with psycopg.connect(installed_dsn, autocommit=True) as conn:
-        with pytest.raises(psycopg.Error) as info:
-            conn.execute("SELECT * FROM cdc_invoice.take_rate_token('k', 0, 1)")
+    with (
+        psycopg.connect(installed_dsn, autocommit=True) as conn,
+        pytest.raises(psycopg.Error) as info,
+    ):
+        conn.execute("SELECT * FROM cdc_invoice.take_rate_token('k', 0, 1)")
     assert info.value.sqlstate == "CI001"
-    assert info.value.diag.message_hint and "max_requests_per_second" in info.value.diag.message_hint
+    assert (
+        info.value.diag.message_hint and "max_requests_per_second" in info.value.diag.message_hint
+    )
 
 
 async def test_two_daemons_together_stay_under_the_cap(installed_dsn: str) -> None:
