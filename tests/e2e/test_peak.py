@@ -4,6 +4,7 @@ monthly quota runs out and is raised again."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,8 +13,10 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from click.testing import CliRunner
 
 from cdc_invoice import demo, harness
+from cdc_invoice.cli import main
 
 Start = Callable[..., harness.Proc]
 
@@ -103,3 +106,32 @@ def test_quota_exhausted_pauses_the_seller_and_it_resumes_once_raised(
     # No burned numbers: one invoice per order, the failed ones re-submitted under their serial.
     assert len(at_platform) == 15 and {i["status"] for i in at_platform} == {"2"}, at_platform
     assert stats(sandbox)["by_method"].get("nuonuo.OpeMplatform.reInvoice", 0) >= 1
+
+
+COMPLETE_SQL = """
+WITH o AS (INSERT INTO shop.orders (customer_id, status, shipped_at)
+           VALUES ('C001', 'shipped', now()) RETURNING order_id),
+     l AS (INSERT INTO shop.order_lines (order_id, line_no, sku, quantity, unit_price)
+           SELECT order_id, 1, 'P-MOUSE', 2, 79.90 FROM o)
+SELECT order_id FROM o
+"""
+
+
+def test_loadtest_reports_throttling_next_to_rate_and_latency(
+    shop_dsn: str, sandbox: harness.Sandbox, start: Start
+) -> None:
+    sandbox.configure(rate_limit_per_s=3)
+    proc = start(shop_dsn, sandbox, "daemon", {}, metrics_listen="127.0.0.1:0")
+    t0 = time.monotonic()
+    while not (url := re.search(r"metrics at (http://\S+)/metrics", proc.output())):
+        assert time.monotonic() - t0 < 20, proc.output()
+        time.sleep(0.1)
+    args = ["loadtest", "--dsn", shop_dsn, "--source", "shop", "--yes", "--timeout", "60"]
+    args += ["--orders", "15", "--rate", "30", "--complete-sql", COMPLETE_SQL]
+    result = CliRunner().invoke(main, [*args, "--metrics", url.group(1) + "/metrics"])
+    assert result.exit_code == 0, result.output
+    assert "15/15" in result.output and "p99" in result.output
+    throttles = re.search(r"platform throttles \(metrics\)\s*\S\s*(\d+)", result.output)
+    assert throttles and int(throttles.group(1)) > 0, result.output
+    assert re.search(r"sellers paused for quota \(metrics\)\s*\S\s*none", result.output)
+    assert "orders waiting on a quota pause" in result.output
