@@ -4,6 +4,7 @@ monthly quota runs out and is raised again."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -98,6 +99,21 @@ def test_quota_exhausted_pauses_the_seller_and_it_resumes_once_raised(
     now = states(shop_dsn)
     assert now.get("failed", 0) == 0 and now.get("done", 0) == 3, now
     assert any(i["status"] == "22" for i in sandbox.invoices())
+    # The pause is visible: metric, /healthz, cdc-invoice status.
+    url = re.search(r"metrics at (http://\S+)/metrics", proc.output())
+    assert url, proc.output()
+    text = httpx.get(url.group(1) + "/metrics", timeout=10).text
+    assert 'cdc_invoice_seller_quota_paused{seller_id="main"} 1.0' in text
+    health = httpx.get(url.group(1) + "/healthz", timeout=10).json()
+    assert (
+        health["checks"]["quota"]["status"] == "warn"
+        and "main" in health["checks"]["quota"]["detail"]
+    )
+    status = CliRunner().invoke(main, ["status", "--dsn", shop_dsn, "--json"])
+    assert status.exit_code == 0, status.output
+    [waiting] = json.loads(status.output)["waiting"]
+    assert waiting["error_code"] == "QUOTA_PAUSED" and waiting["requests"] == 12, waiting
+    assert "发票总额度" in waiting["hint"]
     sandbox.configure(monthly_quota="100000000")  # raised
     done, failed = demo.wait_for_requests(shop_dsn, 15, 120.0, progress=False)
     assert (done, failed) == (15, 0), proc.output()[-3000:]
