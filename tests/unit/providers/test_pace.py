@@ -142,3 +142,14 @@ def test_a_pause_without_anything_to_resend_lets_one_new_invoice_probe() -> None
     t.now += 5.0
     assert g.may_issue("s")  # nobody probed for a whole extra interval
     assert not g.may_issue("s")
+
+
+def test_one_sellers_pause_leaves_the_others_flowing() -> None:
+    t = FakeTime()
+    g = QuotaGuard(probe_seconds=10.0, clock=t.clock)
+    g.on_quota_failure("a", "A1", "额度不足")
+    assert not g.may_issue("a")
+    assert g.may_issue("b") and g.retry_after("b") is None
+    assert g.on_quota_failure("b", "B1", "额度不足") is False  # b's own first failure pauses b
+    g.on_issued("a")
+    assert g.may_issue("a") and not g.may_issue("b")
