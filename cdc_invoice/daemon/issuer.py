@@ -291,7 +291,7 @@ class Issuer(Handler):
             failed = [
                 (p, s) for p, s in zip(parts, states, strict=True) if s and s.status != "issued"
             ]
-            if self.quota is not None and len(failed) < len(parts):
+            if self.quota is not None and not failed:  # all issued: the quota is there
                 self.quota.on_issued(seller.seller_id)
             if failed and await self._quota_wait(req, fence, seller, failed):
                 continue
