@@ -222,10 +222,30 @@ def run_checks(config: Config, listen_timeout: float = 5.0) -> list[Check]:
             checks.append(Check("schema", FAIL, exc.message, time.perf_counter() - t0, exc.hint))
             no_schema = "the schema is not usable"
         checks.append(_listen_round_trip(conn, dsn, listen_timeout))
+        if no_schema is None:
+            checks.append(_quota_waiting(conn))
     checks.extend(
         asyncio.run(_platform_checks(config, None if no_schema else dsn, no_schema or ""))
     )
     return checks
+
+
+def _quota_waiting(conn: psycopg.Connection[Any]) -> Check:
+    """Requests waiting because a seller's monthly quota is exhausted (issue 17): a warning,
+    they resume by themselves once it is raised."""
+    t0 = time.perf_counter()
+    rows = conn.execute(q("status_waiting", OPS)).fetchall()
+    paused = [(str(r[0]), int(r[2])) for r in rows if r[1] == "QUOTA_PAUSED"]
+    if not paused:
+        return Check("quota", OK, "no orders waiting for a quota", time.perf_counter() - t0)
+    return Check(
+        "quota",
+        WARN,
+        "orders waiting because the seller's monthly quota is exhausted: "
+        + ", ".join(f"source {s}: {n}" for s, n in paused),
+        time.perf_counter() - t0,
+        "have the seller's 发票总额度 raised; the daemon resumes by itself (operator guide 6.5)",
+    )
 
 
 def _listen_round_trip(conn: psycopg.Connection[Any], dsn: str, timeout: float) -> Check:

@@ -43,7 +43,15 @@ def test_healthy_before_and_after_the_daemon_fetched_a_token(
     assert code == 0, report
     checks = by_name(report)
     assert report["status"] == "ok"
-    assert list(checks) == ["database", "schema", "listen", "token main", "platform main"]
+    assert list(checks) == [
+        "database",
+        "schema",
+        "listen",
+        "quota",
+        "token main",
+        "platform main",
+    ]
+    assert checks["quota"]["status"] == "ok"
     assert "primary" in checks["database"]["detail"]
     assert checks["listen"]["status"] == "ok" and checks["listen"]["seconds"] < 5
     # No token yet, and the check must not fetch one (50 per 30 days): the platform answers

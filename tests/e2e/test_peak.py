@@ -79,7 +79,7 @@ def test_two_daemons_under_a_shared_cap_absorb_a_lower_platform_limit(
 
 
 def test_quota_exhausted_pauses_the_seller_and_it_resumes_once_raised(
-    shop_dsn: str, sandbox: harness.Sandbox, start: Start
+    shop_dsn: str, sandbox: harness.Sandbox, start: Start, tmp_path: Path
 ) -> None:
     proc = start(
         shop_dsn, sandbox, "daemon", {"quota_probe_seconds": 1.0}, metrics_listen="127.0.0.1:0"
@@ -114,6 +114,11 @@ def test_quota_exhausted_pauses_the_seller_and_it_resumes_once_raised(
     [waiting] = json.loads(status.output)["waiting"]
     assert waiting["error_code"] == "QUOTA_PAUSED" and waiting["requests"] == 12, waiting
     assert "发票总额度" in waiting["hint"]
+    result = CliRunner().invoke(
+        main, ["health", "--config", str(tmp_path / "daemon.toml"), "--json"]
+    )
+    quota = {c["name"]: c for c in json.loads(result.output)["checks"]}["quota"]
+    assert quota["status"] == "warn" and "source shop: 12" in quota["detail"], quota
     sandbox.configure(monthly_quota="100000000")  # raised
     done, failed = demo.wait_for_requests(shop_dsn, 15, 120.0, progress=False)
     assert (done, failed) == (15, 0), proc.output()[-3000:]
