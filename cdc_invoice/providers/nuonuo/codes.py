@@ -131,6 +131,10 @@ HINTS: Final[dict[str, str]] = {
     "E9429": "the platform throttled the call: lower [provider] max_requests_per_second to the "
     "rate your Nuonuo app is allowed; the daemon slows down and resends meanwhile",
     "E9611": "neither serial numbers nor order numbers were given (a bug in cdc-invoice)",
+    # reInvoice (re-submitting an invoice the platform failed, e.g. for quota)
+    "E9613": "the platform allows 20 re-submissions (reInvoice) of one invoice and they are used: "
+    "check the failCause with the platform, then SELECT cdc_invoice.retry(<request id>) issues "
+    "under a new order number",
 }
 
 
