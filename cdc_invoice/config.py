@@ -84,6 +84,17 @@ class ProviderConfig:
         default=16,  # a small pool: httpcore bookkeeping grows with it (encode/httpcore#1035)
         metadata={"doc": "keep-alive connections to the platform"},
     )
+    max_requests_per_second: float = field(
+        default=0.0,
+        metadata={
+            "doc": "platform calls per second per app key, shared by every daemon of the "
+            "database (issue and query alike); 0 = no cap"
+        },
+    )
+    quota_probe_seconds: float = field(
+        default=60.0,
+        metadata={"doc": "a seller paused for monthly quota is probed this often"},
+    )
     credentials: dict[str, CredentialConfig] = field(default_factory=dict)
 
 
@@ -300,6 +311,15 @@ def _validate(config: Config) -> None:
         raise ConfigError(
             f"daemon.archive_dir must be an absolute path, got {d.archive_dir!r}",
             hint="the rows keep the path; a relative one would depend on the daemon's cwd",
+        )
+    if config.provider.max_requests_per_second < 0:
+        raise ConfigError(
+            "provider.max_requests_per_second must not be negative",
+            hint="the calls per second your Nuonuo app is allowed, or 0 for no cap",
+        )
+    if config.provider.quota_probe_seconds <= 0:
+        raise ConfigError(
+            "provider.quota_probe_seconds must be positive", hint="e.g. quota_probe_seconds = 60"
         )
     if config.provider.kind != "nuonuo":
         raise ConfigError(f"provider.kind {config.provider.kind!r} is not supported (nuonuo)")

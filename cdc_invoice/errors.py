@@ -14,6 +14,8 @@
     └── ProviderError               the platform side
         ├── ProviderRejected        the platform refused the request (terminal, has a code)
         ├── ProviderUnavailable     5xx, garbage, connection refused (retryable)
+        │   ├── ProviderThrottled   the platform said "too many requests" (deferred, not counted)
+        │   └── SellerPaused        the seller's monthly quota is exhausted (deferred, not counted)
         ├── OutcomeUnknown          timeout / lost response after sending (retryable; query first)
         └── ProviderAuthError       credentials, signature or token problems (retryable after fix)
 
@@ -31,6 +33,9 @@ class CdcInvoiceError(Exception):
     """An error in cdc-invoice."""
 
     retryable: ClassVar[bool] = False
+    # False: the request waits for the platform (throttling, quota) and the wait is no attempt
+    # of its own: it must not count toward any attempt or retry cap.
+    counts_as_attempt: ClassVar[bool] = True
 
     def __init__(self, message: str | None = None, *, hint: str | None = None) -> None:
         self.message = message or (self.__doc__ or "").strip()
@@ -172,3 +177,27 @@ class ProviderAuthError(ProviderError):
     """The platform refused the credentials, the signature or the access token."""
 
     retryable = True
+
+
+class ProviderThrottled(ProviderUnavailable):
+    """The platform refused the call as over its request rate; it did not act on it."""
+
+    counts_as_attempt = False
+
+
+class SellerPaused(ProviderUnavailable):
+    """The seller's invoices are paused: the platform's monthly invoicing quota is exhausted."""
+
+    counts_as_attempt = False
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        seller_id: str,
+        retry_after: float,
+        hint: str | None = None,
+    ) -> None:
+        self.seller_id = seller_id
+        self.retry_after = retry_after
+        super().__init__(message, code="QUOTA_PAUSED", hint=hint)

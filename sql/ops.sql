@@ -397,3 +397,36 @@ BEGIN
     RETURN format('installation tag %s replaced by %s, bound to database %s of cluster %s',
                   v_inst.tag, v_tag, current_database(), v_here);
 END $$;
+
+-- take_rate_token(): reserve the next start for one platform call of app_key under a cap of
+-- per_second calls per second shared by every daemon (issue 17). The row lock serialises the
+-- daemons; the slot is granted only if it is at most max_wait seconds away (else nothing is
+-- reserved and the caller asks again after wait_seconds - max_wait). clock_timestamp(), not
+-- now(): the lock may have been waited for.
+CREATE OR REPLACE FUNCTION cdc_invoice.take_rate_token(
+    app_key text, per_second double precision, max_wait double precision,
+    OUT wait_seconds double precision, OUT granted boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    slot timestamptz;
+BEGIN
+    IF per_second IS NULL OR per_second <= 0 OR per_second = 'Infinity' THEN
+        RAISE EXCEPTION 'per_second must be a positive number of calls, got %', per_second
+            USING ERRCODE = 'CI001',
+                  HINT = 'Set [provider] max_requests_per_second > 0 (0 turns the cap off).';
+    END IF;
+    INSERT INTO cdc_invoice.rate_bucket AS b (app_key, next_start)
+    VALUES (take_rate_token.app_key, clock_timestamp())
+    ON CONFLICT ON CONSTRAINT rate_bucket_pkey DO NOTHING;
+    SELECT b.next_start INTO slot FROM cdc_invoice.rate_bucket b
+     WHERE b.app_key = take_rate_token.app_key FOR UPDATE;
+    slot := greatest(slot, clock_timestamp());
+    wait_seconds := extract(epoch FROM slot - clock_timestamp());
+    granted := wait_seconds <= coalesce(max_wait, 0);
+    IF granted THEN
+        UPDATE cdc_invoice.rate_bucket b
+           SET next_start = slot + make_interval(secs => 1.0 / per_second)
+         WHERE b.app_key = take_rate_token.app_key;
+    END IF;
+    wait_seconds := greatest(wait_seconds, 0);
+END $$;

@@ -61,6 +61,16 @@ SELECT coalesce(error_code, '-') AS error_code, count(*) AS requests,
  GROUP BY 1
  ORDER BY count(*) DESC, 1;
 
+-- name: status_waiting
+-- Requests waiting on the platform's limits (issue 17), not failed: a seller paused because
+-- its monthly quota is exhausted (QUOTA_PAUSED), or calls throttled (E9429) and handed back.
+SELECT source, error_code, count(*) AS requests, now() - min(created_at) AS oldest_age,
+       min(split_part(coalesce(last_error, ''), E'\n', 1)) AS example, min(hint) AS hint
+  FROM cdc_invoice.request
+ WHERE state IN ('pending', 'claimed', 'submitted') AND error_code IN ('QUOTA_PAUSED', 'E9429')
+ GROUP BY source, error_code
+ ORDER BY source, error_code;
+
 -- name: status_throughput
 -- Invoices recorded in the last 1, 5 and 15 minutes. invoice.recorded_at has no index; ids
 -- grow with time, so the newest 100000 rows by primary key are all that can qualify (a rate

@@ -92,6 +92,17 @@ WITH r AS (
 INSERT INTO cdc_invoice.event (actor, request_id, source, order_ref, event, detail)
 SELECT %(daemon_id)s, r.id, %(source)s, %(order_ref)s, %(event)s, %(detail)s FROM r;
 
+-- name: release_deferred
+-- The platform asked us to wait (throttling, a seller paused for quota): back to pending (or
+-- submitted) after the delay, fenced, WITHOUT counting a retry and without an event per wait
+-- (a paused backlog would write one per request per probe): the reason shows in last_error.
+UPDATE cdc_invoice.request
+   SET state = CASE WHEN state = 'submitted' THEN 'submitted' ELSE 'pending' END,
+       claimed_by = NULL, lease_until = NULL,
+       run_after = now() + make_interval(secs => %(delay)s),
+       last_error = %(error)s, error_code = %(code)s, hint = %(hint)s, updated_at = now()
+ WHERE id = %(id)s AND claimed_by = %(daemon_id)s AND attempt = %(attempt)s;
+
 -- name: release_unclaimed
 -- Shutdown: give back rows we claimed but did not start, so another daemon takes them now.
 UPDATE cdc_invoice.request
@@ -483,3 +494,8 @@ SELECT bill_id, lines, red_reason, platform_status FROM cdc_invoice.buyer_red_sl
 -- name: set_buyer_slip_status
 UPDATE cdc_invoice.buyer_red_slip SET platform_status = %(status)s, updated_at = now()
  WHERE bill_id = %(bill_id)s;
+
+-- name: take_rate_token
+-- One platform call's slot under the shared cap (sql/ops.sql); see db/rate_bucket.py.
+SELECT wait_seconds, granted
+  FROM cdc_invoice.take_rate_token(%(app_key)s, %(per_second)s, %(max_wait)s);

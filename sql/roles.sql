@@ -107,6 +107,12 @@ BEGIN
         IF to_regclass('cdc_invoice.buyer_red_slip') IS NOT NULL THEN
             EXECUTE format('GRANT SELECT, INSERT, UPDATE ON cdc_invoice.buyer_red_slip TO %I', v_daemon);
         END IF;
+        -- the shared platform request rate (issue 17)
+        IF to_regclass('cdc_invoice.rate_bucket') IS NOT NULL THEN
+            EXECUTE format('GRANT SELECT, INSERT, UPDATE ON cdc_invoice.rate_bucket TO %I', v_daemon);
+        END IF;
+        EXECUTE format('GRANT EXECUTE ON FUNCTION
+            cdc_invoice.take_rate_token(text, double precision, double precision) TO %I', v_daemon);
         -- a whole-order reversal (attach's reverse_when) becomes one request per invoice
         EXECUTE format('GRANT EXECUTE ON FUNCTION cdc_invoice.request_reversal(text, text, jsonb),
             cdc_invoice.platform_order_no(bigint, integer) TO %I', v_daemon);

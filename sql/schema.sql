@@ -331,6 +331,15 @@ CREATE TABLE cdc_invoice.buyer_red_slip (
 );
 CREATE INDEX buyer_red_slip_invoice_idx ON cdc_invoice.buyer_red_slip (invoice_id);
 
+-- The cluster-wide request rate per app key ([provider] max_requests_per_second): the next
+-- moment a call may start (a token bucket of depth one, GCRA), shared by every daemon of the
+-- database through cdc_invoice.take_rate_token (sql/ops.sql).
+CREATE TABLE cdc_invoice.rate_bucket (
+    app_key    text PRIMARY KEY,
+    next_start timestamptz NOT NULL
+);
+
 INSERT INTO cdc_invoice.schema_version (version, description) VALUES (1, 'initial'), (2, 'reconciliation'),
     (3, 'document json'), (4, 'red invoice index'), (5, 'tamper evident'), (6, 'finance'),
-    (7, 'invoice files'), (8, 'lifecycle'), (9, 'buyer red slip'), (10, 'lifecycle edges');
+    (7, 'invoice files'), (8, 'lifecycle'), (9, 'buyer red slip'), (10, 'lifecycle edges'),
+    (11, 'peak');

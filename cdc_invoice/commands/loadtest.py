@@ -20,6 +20,10 @@ The tool cannot know the inventory schema, so the user says how to complete one 
 
 Latency is commit -> cdc_invoice.invoice.recorded_at, on the database's clock (the local clock
 is corrected by its measured offset from the server's).
+
+Platform limits (issue 17) are reported alongside: the orders seen waiting for throttling or
+for a seller paused for quota (from the queue), and, with ``--metrics URL`` (each daemon's
+/metrics), the throttling answers, deferrals and quota pauses the daemons counted meanwhile.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import click
+import httpx
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -53,12 +59,23 @@ SELECT document::text FROM cdc_invoice.request
  ORDER BY id DESC LIMIT 1
 """
 PROGRESS_SQL = """
-SELECT r.order_ref, r.state, extract(epoch FROM min(i.recorded_at))::float8, max(r.last_error)
+SELECT r.order_ref, r.state, extract(epoch FROM min(i.recorded_at))::float8, max(r.last_error),
+       max(r.error_code)
   FROM cdc_invoice.request r
   LEFT JOIN cdc_invoice.invoice i ON i.request_id = r.id
  WHERE r.source = %s AND r.kind = 'issue' AND r.order_ref = ANY(%s)
  GROUP BY r.order_ref, r.state
 """
+
+
+THROTTLED_CODE = "E9429"  # providers/nuonuo/codes.py THROTTLED (an assumption)
+QUOTA_CODE = "QUOTA_PAUSED"  # errors.SellerPaused
+# Counters summed over every --metrics URL, before and after the run.
+LIMIT_COUNTERS = {
+    "cdc_invoice_platform_throttled_total": "platform throttles",
+    "cdc_invoice_requests_deferred_total": "deferrals (throttle, quota)",
+    "cdc_invoice_quota_probes_total": "quota probes",
+}
 
 
 class LoadtestError(CdcInvoiceError):
@@ -73,6 +90,11 @@ class Outcome:
     first_commit: float = 0.0
     last_commit: float = 0.0
     late: int = 0  # commits that fell more than 50 ms behind the schedule
+    throttled: set[str] = field(default_factory=set)  # seen waiting after throttling
+    quota_paused: set[str] = field(default_factory=set)  # seen waiting for a quota pause
+    metrics_before: dict[str, float] = field(default_factory=dict)
+    metrics_after: dict[str, float] = field(default_factory=dict)
+    paused_sellers: set[str] = field(default_factory=set)  # seen paused in the daemons' metrics
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -178,11 +200,35 @@ def _poll(dsn: str, source: str, out: Outcome) -> None:
     if not waiting:
         return
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for ref, state, recorded_at, error in conn.execute(PROGRESS_SQL, (source, waiting)):
+        for ref, state, recorded_at, error, code in conn.execute(PROGRESS_SQL, (source, waiting)):
+            if code == THROTTLED_CODE:
+                out.throttled.add(str(ref))
+            elif code == QUOTA_CODE:
+                out.quota_paused.add(str(ref))
             if recorded_at is not None:
                 out.recorded[str(ref)] = float(recorded_at)
             elif state in ("failed", "cancelled"):
                 out.failed[str(ref)] = str(error or state)
+
+
+def scrape(urls: list[str], out: Outcome) -> dict[str, float]:
+    """Sum LIMIT_COUNTERS over the daemons' /metrics; note sellers seen paused for quota."""
+    totals = dict.fromkeys(LIMIT_COUNTERS, 0.0)
+    for url in urls:
+        try:
+            text = httpx.get(url, timeout=5).text
+        except httpx.HTTPError as exc:
+            raise LoadtestError(
+                f"cannot read {url}: {exc}",
+                hint="pass each daemon's /metrics URL (daemon.metrics_listen), or drop --metrics",
+            ) from exc
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in totals:
+                    totals[sample.name] += sample.value
+                elif sample.name == "cdc_invoice_seller_quota_paused" and sample.value > 0:
+                    out.paused_sellers.add(sample.labels.get("seller_id", "?"))
+    return totals
 
 
 def run_loadtest(
@@ -195,8 +241,10 @@ def run_loadtest(
     connections: int,
     timeout: float,
     console: Console,
+    metrics: list[str] | None = None,
 ) -> Outcome:
     check_source(dsn, source)
+    urls = list(metrics or [])
     run = secrets.token_hex(3)
     params: dict[str, Any] = {"run": run, "source": source}
     if complete_sql is None:
@@ -206,6 +254,8 @@ def run_loadtest(
         statement = complete_sql
     offset = clock_offset(dsn)
     out = Outcome()
+    if urls:
+        out.metrics_before = scrape(urls, out)
     with Progress(
         TextColumn("{task.description:<10}"),
         BarColumn(),
@@ -235,6 +285,8 @@ def run_loadtest(
             while True:
                 await asyncio.sleep(0.5)
                 await asyncio.to_thread(_poll, dsn, source, out)
+                if urls:
+                    await asyncio.to_thread(scrape, urls, out)
                 progress.update(
                     inv_task,
                     completed=len(out.recorded),
@@ -252,6 +304,8 @@ def run_loadtest(
                         return
 
         asyncio.run(drive())
+    if urls:
+        out.metrics_after = scrape(urls, out)
     return out
 
 
@@ -279,6 +333,15 @@ def report(out: Outcome, orders: int, rate: float | None, console: Console) -> N
             f"p50 {_percentile(lat, 50):.0f} ms, p90 {_percentile(lat, 90):.0f} ms, "
             f"p99 {_percentile(lat, 99):.0f} ms, max {max(lat):.0f} ms",
         )
+    table.add_row("orders waiting on throttling", str(len(out.throttled)))
+    table.add_row("orders waiting on a quota pause", str(len(out.quota_paused)))
+    for name, label in LIMIT_COUNTERS.items():
+        if out.metrics_after:
+            delta = out.metrics_after[name] - out.metrics_before.get(name, 0.0)
+            table.add_row(f"{label} (metrics)", f"{delta:.0f}")
+    if out.metrics_after:
+        paused = ", ".join(sorted(out.paused_sellers)) or "none"
+        table.add_row("sellers paused for quota (metrics)", paused)
     console.print(table)
     for ref, error in list(out.failed.items())[:5]:
         console.print(f"[red]failed[/] {ref}: {error}")
@@ -324,6 +387,14 @@ def report(out: Outcome, orders: int, rate: float | None, console: Console) -> N
     show_default=True,
     help="seconds to wait for invoices after the last order",
 )
+@click.option(
+    "--metrics",
+    "metrics",
+    multiple=True,
+    metavar="URL",
+    help="a daemon's /metrics URL (repeat for each daemon): report throttling and quota "
+    "pauses counted during the run",
+)
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
 def loadtest(
     dsn: str,
@@ -335,6 +406,7 @@ def loadtest(
     replay: bool,
     connections: int,
     timeout: float,
+    metrics: tuple[str, ...],
     yes: bool,
 ) -> None:
     """Complete ORDERS synthetic orders through SOURCE; report throughput and latency.
@@ -368,6 +440,7 @@ def loadtest(
         connections=connections,
         timeout=timeout,
         console=console,
+        metrics=list(metrics),
     )
     report(out, orders, rate, console)
     ok = len(out.recorded) == len(out.committed) == orders and not out.failed

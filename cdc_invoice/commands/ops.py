@@ -58,7 +58,7 @@ def gather_status(dsn: str) -> dict[str, Any]:
     with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor(row_factory=dict_row) as cur:
         out: dict[str, Any] = {}
         try:
-            for key in ("backlog", "failures", "daemons", "unserved", "tokens"):
+            for key in ("backlog", "failures", "waiting", "daemons", "unserved", "tokens"):
                 cur.execute(q(f"status_{key}", OPS))
                 out[key] = cur.fetchall()
             cur.execute(q("status_throughput", OPS))
@@ -78,7 +78,8 @@ def gather_status(dsn: str) -> dict[str, Any]:
 @dsn_option
 @click.option("--json", "as_json", is_flag=True, help="one JSON document instead of tables")
 def status(dsn: str, as_json: bool) -> None:
-    """The queue at a glance: backlog, throughput, failures by reason, daemons, tokens."""
+    """The queue at a glance: backlog, throughput, failures by reason, requests waiting on the
+    platform's limits (quota pauses, throttling), daemons, tokens."""
     data = gather_status(dsn)
     if as_json:
         click.echo(json.dumps(data, default=_json_default, ensure_ascii=False, indent=2))
@@ -132,6 +133,31 @@ def status(dsn: str, as_json: bool) -> None:
         )
     else:
         console.print("Failures: none")
+
+    if data["waiting"]:
+        waiting = Table(
+            "source",
+            "reason",
+            "requests",
+            "oldest",
+            "detail",
+            "fix",
+            title="Waiting on the platform's limits (not failed; they resume by themselves)",
+            show_lines=True,
+        )
+        for r in data["waiting"]:
+            reason = {"QUOTA_PAUSED": "quota exhausted", "E9429": "throttled"}.get(
+                r["error_code"], r["error_code"]
+            )
+            waiting.add_row(
+                r["source"],
+                reason,
+                str(r["requests"]),
+                _cell(r["oldest_age"]),
+                r["example"],
+                r["hint"] or "",
+            )
+        console.print(waiting)
 
     daemons = Table("daemon", "host", "pid", "version", "sellers", "started", "heartbeat", "state")
     for r in data["daemons"]:

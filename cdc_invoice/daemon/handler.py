@@ -10,6 +10,7 @@ request never blocks its batch nor loops forever.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from cdc_invoice.errors import (
     OutcomeUnknown,
     Problem,
     ProviderError,
+    SellerPaused,
 )
 from cdc_invoice.invoice.model import Seller
 from cdc_invoice.providers.base import Provider
@@ -103,6 +105,7 @@ class Stats:
     recorded: int = 0
     failed: int = 0
     retried: int = 0
+    deferred: int = 0
 
 
 class Handler:
@@ -195,7 +198,11 @@ class Handler:
     ) -> None:
         """Back off and try again, or, once ``max_attempts`` retries are spent, fail with the
         last error. ``capped=False`` for waiting on another request that is itself capped.
-        Database outages are ours, not the request's: they never count toward the cap."""
+        Database outages are ours, not the request's: they never count toward the cap; nor
+        does waiting the platform asked for (throttling, a paused seller: issue 17)."""
+        if not exc.counts_as_attempt:
+            await self._defer(req, fence, exc)
+            return
         if (
             capped
             and not isinstance(exc, DatabaseUnavailable)
@@ -256,3 +263,19 @@ class Handler:
             code or "RETRY_LIMIT",
             hint,
         )
+
+    async def _defer(self, req: ClaimedRequest, fence: Fence, exc: CdcInvoiceError) -> None:
+        """The platform asked us to wait (ProviderThrottled, SellerPaused): put the request
+        back without counting a retry, so no cap fails it and its backoff does not grow."""
+        self.stats.deferred += 1
+        code = getattr(exc, "code", None)
+        self.observer.deferred(req.kind, code)
+        # throttled for the pacer's whole max_throttle_wait: a few seconds, others get a turn
+        delay = exc.retry_after if isinstance(exc, SellerPaused) else random.uniform(1.0, 5.0)
+        log.debug(
+            "request %s (%s %s): %s; waits %.1fs", req.id, req.source, req.order_ref, exc, delay
+        )
+        try:
+            await self.repo.release_deferred(fence, delay, str(exc), code, exc.hint)
+        except DatabaseUnavailable as db_exc:
+            log.warning("could not release request %s: %s (its lease will expire)", req.id, db_exc)

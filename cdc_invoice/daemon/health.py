@@ -28,6 +28,7 @@ from cdc_invoice.db.queries import latest_version, q
 from cdc_invoice.db.repository import KEEPALIVES
 from cdc_invoice.db.token_store import QUOTA_PER_30_DAYS, fernet_for
 from cdc_invoice.errors import CdcInvoiceError, ProviderError, SchemaError
+from cdc_invoice.providers.pace import QuotaGuard
 
 if TYPE_CHECKING:
     from cdc_invoice.daemon.metrics import DbSnapshot
@@ -85,7 +86,9 @@ class LiveHealth:
         last_platform_call: Callable[[], tuple[str, str, float] | None],
         poll_interval: Callable[[], float],
         daemon_id: str,
+        quota: QuotaGuard | None = None,
     ) -> None:
+        self.quota = quota
         self.snapshot = snapshot
         self.monitor = monitor
         self.listener_connected = listener_connected
@@ -135,11 +138,26 @@ class LiveHealth:
                 "status": status,
                 "detail": f"last call {method.rsplit('.', 1)[-1]} {ago:.0f} s ago: {code}",
             }
+        if self.quota is not None:
+            checks["quota"] = quota_check(self.quota)
         return {
             "status": worst([c["status"] for c in checks.values()]),
             "daemon_id": self.daemon_id,
             "checks": checks,
         }
+
+
+def quota_check(quota: QuotaGuard) -> dict[str, str]:
+    """Sellers paused for quota are a warning: their orders wait, restarting would not help."""
+    if not quota.paused:
+        return {"status": OK, "detail": "no seller paused for quota"}
+    detail = "; ".join(
+        f"seller {seller} paused for quota since "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(p.since))} UTC ({p.reason}): "
+        "its orders wait; raise the seller's 发票总额度 and it resumes by itself"
+        for seller, p in sorted(quota.paused.items())
+    )
+    return {"status": WARN, "detail": detail}
 
 
 # --- `cdc-invoice health` -------------------------------------------------------------------
@@ -208,6 +226,8 @@ def run_checks(config: Config, listen_timeout: float = 5.0) -> list[Check]:
             checks.append(_installation(conn))
             checks.append(_sellers(conn, config))
         checks.append(_listen_round_trip(conn, dsn, listen_timeout))
+        if no_schema is None:
+            checks.append(_quota_waiting(conn))
     checks.extend(
         asyncio.run(_platform_checks(config, None if no_schema else dsn, no_schema or ""))
     )
@@ -258,6 +278,24 @@ def _sellers(conn: psycopg.Connection[Any], config: Config) -> Check:
         fix="add [provider.credentials."
         + missing[0][0]
         + "] with app_key and app_secret_file (one per seller), or run a daemon that has them",
+    )
+
+
+def _quota_waiting(conn: psycopg.Connection[Any]) -> Check:
+    """Requests waiting because a seller's monthly quota is exhausted (issue 17): a warning,
+    they resume by themselves once it is raised."""
+    t0 = time.perf_counter()
+    rows = conn.execute(q("status_waiting", OPS)).fetchall()
+    paused = [(str(r[0]), int(r[2])) for r in rows if r[1] == "QUOTA_PAUSED"]
+    if not paused:
+        return Check("quota", OK, "no orders waiting for a quota", time.perf_counter() - t0)
+    return Check(
+        "quota",
+        WARN,
+        "orders waiting because the seller's monthly quota is exhausted: "
+        + ", ".join(f"source {s}: {n}" for s, n in paused),
+        time.perf_counter() - t0,
+        "have the seller's 发票总额度 raised; the daemon resumes by itself (operator guide 6.5)",
     )
 
 

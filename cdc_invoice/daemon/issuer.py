@@ -45,10 +45,13 @@ from cdc_invoice.errors import (
     Problem,
     ProviderError,
     ProviderRejected,
+    SellerPaused,
 )
 from cdc_invoice.invoice import compute, mapping
 from cdc_invoice.invoice.model import Buyer, InvoiceDraft, ItemTax, Seller
 from cdc_invoice.providers.base import PlatformInvoice
+from cdc_invoice.providers.nuonuo.codes import is_quota_failure
+from cdc_invoice.providers.pace import QuotaGuard
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,10 @@ def _reached(parts: Sequence[dict[str, Any]], but: int | None = None) -> list[in
 
 class Issuer(Handler):
     """Issue requests: compute, submit (or adopt), poll in batches, record."""
+
+    # Sellers paused for quota (providers/pace.py); the runner shares the adapter's. None: a
+    # quota failure is parked like any other platform failure.
+    quota: QuotaGuard | None = None
 
     # --- a claimed request that has not reached the platform (as far as we know) -----------
 
@@ -481,6 +488,10 @@ class Issuer(Handler):
             await self.repo.update_progress(fence, progress, self.result_poll_seconds)
             return None
         failed = [(p, s) for p, s in zip(parts, states, strict=True) if s and s.status == "failed"]
+        if self.quota is not None and not failed:  # nothing failed: the seller has quota
+            self.quota.on_issued(seller.seller_id)
+        if failed and await self._quota_wait(req, fence, seller, failed):
+            return None  # failed for lack of quota: the seller pauses, nothing is lost
         if failed:
             await self._reissue(req, fence, seller, progress, parts, failed)
             return None
@@ -564,6 +575,65 @@ class Issuer(Handler):
         await self.repo.update_progress(
             fence, {**progress, "parts": parts}, self.result_poll_seconds
         )
+
+    async def _quota_wait(
+        self,
+        req: ClaimedRequest,
+        fence: Fence,
+        seller: Seller,
+        failed: Sequence[tuple[dict[str, Any], PlatformInvoice]],
+    ) -> bool:
+        """Peak season (issue 17): parts the platform failed for lack of monthly quota keep
+        their serials and numbers. The seller pauses; the request stays submitted and waits;
+        a probe (or, once the quota is back, every such part) is re-submitted with reInvoice.
+        False: not a quota failure (or no guard), the caller parks it as usual."""
+        guard = self.quota
+        if guard is None or not all(
+            s.status == "failed" and is_quota_failure(s.fail_cause) for _, s in failed
+        ):
+            return False
+        resend = [
+            s.serial
+            for _, s in failed
+            if guard.on_quota_failure(seller.seller_id, s.serial, s.fail_cause or "")
+        ]
+        if not resend:
+            pause = guard.paused.get(seller.seller_id)
+            await self._defer(
+                req,
+                fence,
+                SellerPaused(
+                    f"the platform failed order {req.order_ref!r} for lack of quota "
+                    f"({pause.reason if pause else 'quota'}); waiting for the quota to be raised",
+                    seller_id=seller.seller_id,
+                    retry_after=guard.retry_after(seller.seller_id) or 1.0,
+                    hint="ask the tax bureau / Nuonuo to raise the seller's 发票总额度; the "
+                    "invoice is re-submitted by itself (reInvoice, same number)",
+                ),
+            )
+            return True
+        try:
+            numbers = {s.serial: p["order_no"] for p, s in failed}
+            for serial in resend:
+                await self._timed("reissue", self.provider.reissue(seller, serial, numbers[serial]))
+                guard.forget(serial)
+        except ProviderRejected as exc:  # E9613: 20 re-submissions of one serial
+            await self._fail(
+                req,
+                fence,
+                f"re-submitting order {req.order_ref!r}: {exc.message}",
+                exc.code,
+                exc.hint,
+            )
+            return True
+        except (ProviderError, DatabaseUnavailable) as exc:
+            await self._retry(req, fence, exc)  # still submitted: the next poll looks again
+            return True
+        try:
+            await self.repo.release_poll([fence], self.result_poll_seconds)
+        except DatabaseUnavailable as exc:
+            log.warning("releasing request %s failed: %s", req.id, exc)
+        return True
 
 
 def _order_hint(exc: OrderError) -> str | None:

@@ -98,6 +98,13 @@ class PrometheusObserver:
             ["kind", "code"],
             registry=registry,
         )
+        self.deferred_total = Counter(
+            "cdc_invoice_requests_deferred",
+            "Requests put back to wait for the platform (throttling, a seller paused for "
+            "quota), not counted as retries, by kind and code",
+            ["kind", "code"],
+            registry=registry,
+        )
         self.last_success = Gauge(
             "cdc_invoice_platform_last_success_timestamp_seconds",
             "When a platform call last answered E0000 (unix time; 0 = never)",
@@ -124,6 +131,9 @@ class PrometheusObserver:
 
     def retried(self, kind: str, code: str | None) -> None:
         self.retried_total.labels(kind, code or "-").inc()
+
+    def deferred(self, kind: str, code: str | None) -> None:
+        self.deferred_total.labels(kind, code or "-").inc()
 
 
 @dataclass(slots=True)

@@ -18,6 +18,9 @@ class Observer(Protocol):
     def retried(self, kind: str, code: str | None) -> None:
         """A request hit a retryable error and was put back with a backoff."""
 
+    def deferred(self, kind: str, code: str | None) -> None:
+        """A request was put back to wait for the platform (throttling, quota pause)."""
+
 
 class NullObserver:
     def platform_call(self, method: str, code: str, seconds: float) -> None:
@@ -30,4 +33,7 @@ class NullObserver:
         pass
 
     def retried(self, kind: str, code: str | None) -> None:
+        pass
+
+    def deferred(self, kind: str, code: str | None) -> None:
         pass

@@ -32,13 +32,16 @@ from cdc_invoice.daemon.handler import Stats
 from cdc_invoice.daemon.identity import DaemonLock
 from cdc_invoice.daemon.issuer import Issuer, SellerCache
 from cdc_invoice.daemon.listener import Listener
+from cdc_invoice.daemon.pace_metrics import PaceCollector
 from cdc_invoice.daemon.worker import Worker
 from cdc_invoice.db import schema
+from cdc_invoice.db.rate_bucket import PgRateBucket
 from cdc_invoice.db.repository import KEEPALIVES, DatabaseUnavailable, Repository
 from cdc_invoice.db.token_store import PgTokenStore, fernet_for
 from cdc_invoice.errors import ConfigError
 from cdc_invoice.providers.nuonuo.adapter import NuonuoProvider
 from cdc_invoice.providers.nuonuo.client import Credentials
+from cdc_invoice.providers.pace import Pacer, QuotaGuard
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,12 @@ def build_provider(config: Config, repo: Repository) -> NuonuoProvider:
         secret = cred.load_secret(seller_id)
         credentials[seller_id] = Credentials(app_key=cred.app_key, app_secret=secret)
         keys[cred.app_key] = fernet_for(token_key or secret)
+    bucket = (
+        PgRateBucket(repo, p.max_requests_per_second) if p.max_requests_per_second > 0 else None
+    )
     return NuonuoProvider(
+        pacer=Pacer(bucket),
+        quota=QuotaGuard(probe_seconds=p.quota_probe_seconds),
         base_url=p.base_url,
         token_url=p.token_url or None,
         credentials=credentials,
@@ -131,6 +139,7 @@ async def run(
         observer=observer,
         max_attempts=d.max_attempts,
     )
+    issuer.quota = provider.quota  # quota failures pause the seller (issue 17)
     worker = Worker(
         repo,
         issuer,
@@ -182,6 +191,7 @@ async def run(
             {"daemon_id": daemon_id, "version": __version__},
         )
     )
+    registry.register(PaceCollector(provider.pacer, provider.quota))
     live = health.LiveHealth(
         snapshot=snapshot,
         monitor=monitor,
@@ -189,6 +199,7 @@ async def run(
         last_platform_call=lambda: observer.last_call,
         poll_interval=lambda: worker.poll_interval,
         daemon_id=daemon_id,
+        quota=provider.quota,
     )
     http: web.AppRunner | None = None
     try:

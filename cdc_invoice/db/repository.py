@@ -276,6 +276,13 @@ class Repository:
         params = {"delay": delay, "error": error, "code": code, "hint": hint}
         return await self._fenced("release_retry", fence, params, event)
 
+    async def release_deferred(
+        self, fence: Fence, delay: float, error: str, code: str | None, hint: str | None
+    ) -> bool:
+        """Put a request back to wait for the platform (throttling, quota), not as a retry."""
+        params = {"delay": delay, "error": error, "code": code, "hint": hint}
+        return await self._fenced("release_deferred", fence, params, {"event": None})
+
     async def release_unclaimed(self, ids: Sequence[int]) -> None:
         if ids:
             async with self.connection() as conn:

@@ -199,6 +199,13 @@ def _quota(_ctx: click.Context, _param: click.Parameter, value: str) -> Decimal:
     help="Per-seller monthly ceiling of ex-tax amounts (CNY).",
 )
 @click.option(
+    "--rate-limit-per-s",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    help="Gateway calls allowed per app key per second; more are answered E9429 (0: no limit).",
+)
+@click.option(
     "--token-ttl-s",
     type=click.IntRange(min=1),
     default=TOKEN_TTL_S,
@@ -251,6 +258,7 @@ def sandbox(
     fault_issue_fail: float,
     fault_sign_failed: float,
     monthly_quota: Decimal,
+    rate_limit_per_s: float,
     token_ttl_s: int,
     token_limit: int,
     tls_cert: Path | None,
@@ -272,6 +280,7 @@ def sandbox(
         fault_issue_fail=fault_issue_fail,
         fault_sign_failed=fault_sign_failed,
         monthly_quota=monthly_quota,
+        rate_limit_per_s=rate_limit_per_s,
     )
     try:
         runtime.validate()

@@ -31,6 +31,8 @@ ASSUMPTIONS (docs/platform-assumptions.md) — the real platform's codes for the
           expect; documented only as deliveryInvoice's "invoice not found")
   E9117/E9118  slip buyer name / tax number ≠ the blue invoice's (documented for legacy red)
   070307  token request with a grant_type other than client_credentials ("Incorrect appType")
+  E9429   gateway call over ``rate_limit_per_s`` for the app key in the last second
+          ("请求过于频繁，请稍后再试"); not acted on (docs/platform-assumptions.md)
 HTTP: every protocol answer, errors included, is HTTP 200 with a JSON body (as the SDKs expect);
 only injected faults produce other statuses.
 """
@@ -43,6 +45,7 @@ from typing import Final
 OK: Final = "E0000"
 RED_QUERY_OK: Final = "0000"  # queryInvoiceRedConfirm only: its doc's 响应参数 example
 MALFORMED: Final = "E4000"
+THROTTLED: Final = "E9429"
 TOKEN_INVALID: Final = "070301"
 BAD_SIGNATURE: Final = "070601"
 UNKNOWN_METHOD: Final = "070303"

@@ -30,6 +30,8 @@ class RuntimeConfig:
     timeout_fault_s: float = 60.0  # how long a "timeout" fault stalls: longer than any client
     monthly_quota: Decimal = DEFAULT_MONTHLY_QUOTA
     red_requires_confirmation: bool = False  # blue "used" by the buyer: slips wait for 04
+    # Gateway calls per app key per second (sliding 1 s window); over it: E9429. 0 = no limit.
+    rate_limit_per_s: float = 0.0
 
     _RATES = ("fault_5xx", "fault_timeout", "fault_lost_response", "fault_garbage")
 
@@ -40,7 +42,7 @@ class RuntimeConfig:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
         if sum(getattr(self, name) for name in self._RATES) > 1.0:
             raise ValueError("the four gateway fault rates must add up to at most 1")
-        for name in ("latency_ms", "issue_delay_ms", "timeout_fault_s"):
+        for name in ("latency_ms", "issue_delay_ms", "timeout_fault_s", "rate_limit_per_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.monthly_quota < 0:

@@ -11,7 +11,8 @@ Test endpoints (not part of the platform; no auth — bind the sandbox to localh
                                                         the buyer starts a slip (status 03)
   GET  /_sandbox/callbacks                              callbacks sent (with --callback-url)
   GET|POST /_sandbox/config                             runtime knobs (options.RuntimeConfig)
-  GET  /_sandbox/stats                                  calls by method / code, faults injected
+  GET  /_sandbox/stats                                  calls by method / code, faults injected,
+                                                        ``throttled`` (calls over rate_limit_per_s)
   POST /_sandbox/clock {"advance_seconds": N}           move the sandbox clock forward
   GET  /_sandbox/files/{serial}.{pdf|ofd|xml|jpg}       the invoice files (files.py)
   GET  /_sandbox/health
@@ -40,6 +41,7 @@ from cdc_invoice.sandbox.faults import (
 from cdc_invoice.sandbox.lifecycle import Clock
 from cdc_invoice.sandbox.model import ISSUED, VOIDED, Invoice, Rejection
 from cdc_invoice.sandbox.options import RuntimeConfig, SandboxOptions
+from cdc_invoice.sandbox.ratelimit import SlidingWindow
 from cdc_invoice.sandbox.store import Store
 from cdc_invoice.sandbox.views import listing_item
 
@@ -80,6 +82,7 @@ class SandboxServer:
         self.by_method: Counter[str] = Counter()
         self.by_code: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
+        self.rate_window = SlidingWindow()
         self.app = web.Application(client_max_size=MAX_BODY)
         self.app.add_routes(
             [
@@ -117,6 +120,13 @@ class SandboxServer:
     async def gateway(self, request: web.Request) -> web.StreamResponse:
         self.counts["gateway_requests"] += 1
         self.by_method[request.headers.get("method", "")] += 1
+        self.rate_window.observe()
+        if not self.rate_window.allow(
+            request.query.get("appkey", ""), self.config.rate_limit_per_s
+        ):
+            # Over the app's limit: refused before anything else, not acted on (ratelimit.py).
+            self.by_code[codes.THROTTLED] += 1
+            return _json(envelope_throttled())
         fault = self.faults.decide(self.config)
         # Network latency: half on the way in, half on the way back, after the platform acted —
         # so a client that dies while waiting leaves an invoice behind, as in real life.
@@ -237,6 +247,8 @@ class SandboxServer:
                 "by_method": dict(self.by_method),
                 "by_code": dict(self.by_code),
                 "faults": dict(self.faults.injected),
+                "throttled": self.rate_window.throttled,
+                "peak_calls_per_s": self.rate_window.peak,
                 "invoices_by_status": dict(by_status),
                 "invoices": len(self.store.invoices),
                 "slips": len(self.store.slips),
@@ -270,6 +282,12 @@ class SandboxServer:
 
 
 _FILTERS = {"orderNo": "order_no", "serial": "serial", "number": "number"}
+
+
+def envelope_throttled() -> Envelope:
+    return {"code": codes.THROTTLED, "describe": "请求过于频繁，请稍后再试"}
+
+
 _CONFIG_FIELDS = tuple(RuntimeConfig.__dataclass_fields__)
 
 

@@ -44,7 +44,7 @@ from tests.bench.drain import Cell, Rig  # noqa: E402
 from tests.bench.env import ROOT, log, machine_info, open_server, percentile, summary  # noqa: E402
 
 SECTIONS = ("capture", "e2e", "latency", "scale", "claim")
-EXTRA = ("capture-profile",)  # not in the default run: `--only capture-profile`
+EXTRA = ("capture-profile", "capture-realistic")  # not in the default run: `--only capture-profile`
 PEERS = ("procrastinate", "pgqueuer")
 
 
@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "capture" in only:
             results["capture"] = capture.run(server, quick=args.quick)
+        if "capture-realistic" in only:
+            results["capture_realistic"] = capture.run_realistic(server, quick=args.quick)
         if "capture-profile" in only:
             results["capture_profile"] = capture.run_profile(server, rounds=6, n=10000)
         if {"e2e", "latency", "scale"} & set(only):

@@ -49,6 +49,44 @@ END $$;
 """
 
 
+# The realistic shipping transaction (issue 17): what an inventory system does when it ships an
+# order of five lines: the status update, one stock decrement per line over a catalogue of
+# REALISTIC_SKUS stock keeping units, one stock-movement row per line. Each order line is bound
+# to a random SKU of the catalogue (shop.order_lines.stock_sku, bench database only), so the
+# decrements spread over the catalogue as a real warehouse's do.
+REALISTIC_SKUS = 20_000
+REALISTIC_SETUP = (
+    "CREATE TABLE shop.stock (sku text PRIMARY KEY, on_hand integer NOT NULL, "
+    "updated_at timestamptz NOT NULL DEFAULT now())",
+    f"INSERT INTO shop.stock (sku, on_hand) SELECT 'SKU-' || lpad(g::text, 6, '0'), 1000000 "
+    f"FROM generate_series(1, {REALISTIC_SKUS}) g",
+    "CREATE TABLE shop.stock_movement (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+    "sku text NOT NULL REFERENCES shop.stock, order_id bigint NOT NULL, quantity numeric NOT NULL, "
+    "moved_at timestamptz NOT NULL DEFAULT now())",
+    "CREATE INDEX stock_movement_sku_idx ON shop.stock_movement (sku, moved_at)",
+    "ALTER TABLE shop.order_lines ADD COLUMN stock_sku text",
+    f"UPDATE shop.order_lines SET stock_sku = 'SKU-' || lpad((1 + floor(random() * "
+    f"{REALISTIC_SKUS}))::int::text, 6, '0')",
+    "VACUUM ANALYZE shop.order_lines, shop.stock",
+)
+REALISTIC_SHIP = (
+    "BEGIN;\n"
+    "UPDATE shop.orders o SET status = 'shipped', shipped_at = now()\n"
+    "  FROM (SELECT nextval('shop.bench_seq') AS id) n WHERE o.order_id = n.id\n"
+    "  RETURNING o.order_id AS oid \\gset\n"
+    + "".join(
+        "UPDATE shop.stock s SET on_hand = s.on_hand - l.quantity, updated_at = now()\n"
+        f"  FROM shop.order_lines l WHERE l.order_id = :oid AND l.line_no = {n} "
+        "AND s.sku = l.stock_sku;\n"
+        "INSERT INTO shop.stock_movement (sku, order_id, quantity)\n"
+        f"  SELECT stock_sku, order_id, -quantity FROM shop.order_lines "
+        f"WHERE order_id = :oid AND line_no = {n};\n"
+        for n in range(1, 6)
+    )
+    + "END;\n"
+)
+
+
 class Capture:
     def __init__(self, server: Server, pool: int) -> None:
         self.server = server
@@ -68,6 +106,18 @@ class Capture:
         self.table = "cdc_invoice.request"  # where the capture function writes
         self.script = Path(tempfile.mkdtemp(prefix="cdcbench-")) / "ship.sql"
         self.script.write_text(SHIP, encoding="utf-8")
+        self.realistic_script = self.script.parent / "ship-realistic.sql"
+        self.realistic_ready = False
+
+    def prepare_realistic(self) -> None:
+        """The stock catalogue and movement table of the realistic transaction (once)."""
+        if self.realistic_ready:
+            return
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            for stmt in REALISTIC_SETUP:
+                conn.execute(stmt)
+        self.realistic_script.write_text(REALISTIC_SHIP, encoding="utf-8")
+        self.realistic_ready = True
 
     def _body(self, conn: psycopg.Connection[Any]) -> str:
         row = conn.execute(
@@ -88,6 +138,10 @@ class Capture:
             if conn.execute("SELECT to_regclass('cdc_invoice.inbox')").fetchone() != (None,):
                 conn.execute("TRUNCATE cdc_invoice.inbox")
             conn.execute("SELECT setval('shop.bench_seq', 1, false)")
+            if self.realistic_ready:
+                conn.execute("TRUNCATE shop.stock_movement")
+                conn.execute("UPDATE shop.stock SET on_hand = 1000000 WHERE on_hand <> 1000000")
+                conn.execute("VACUUM shop.stock")
             conn.execute("VACUUM shop.orders")
             conn.execute("CHECKPOINT")
 
@@ -114,8 +168,9 @@ class Capture:
 
     # ----------------------------------------------------------------------- pgbench
 
-    def pgbench(self, clients: int, seconds: float) -> float:
+    def pgbench(self, clients: int, seconds: float, *, realistic: bool = False) -> float:
         self.reset()
+        script = self.realistic_script if realistic else self.script
         exe = str(Path(self.server.bindir) / "pgbench")
         info = psycopg.conninfo.conninfo_to_dict(self.dsn)
         args = [
@@ -124,7 +179,7 @@ class Capture:
             "-M",
             "prepared",
             "-f",
-            str(self.script),
+            str(script),
             "-c",
             str(clients),
             "-j",
@@ -146,11 +201,15 @@ class Capture:
         used = self.used()
         if used >= self.pool:
             raise RuntimeError(f"pgbench ran out of orders ({used}/{self.pool}): raise the pool")
-        if self.attached:
-            with psycopg.connect(self.dsn) as conn:
+        with psycopg.connect(self.dsn) as conn:
+            if self.attached:
                 row = conn.execute(f"SELECT count(*) FROM {self.table}").fetchone()
                 if row is None or int(row[0]) != used:
                     raise RuntimeError(f"captured {row} requests for {used} shipped orders")
+            if realistic:  # the transaction really did its stock work: 5 movements per order
+                row = conn.execute("SELECT count(*) FROM shop.stock_movement").fetchone()
+                if row is None or int(row[0]) != 5 * used:
+                    raise RuntimeError(f"{row} stock movements for {used} shipped orders")
         return float(m.group(1))
 
     # ----------------------------------------------------------------------- profile
@@ -387,6 +446,7 @@ def run(server: Server, *, quick: bool) -> dict[str, Any]:
                 log(f"capture rep {rep + 1} 32 clients {name}: {proposed[name][-1]:.0f} TPS")
         cap.restore()
         cap.set_plugin(True)
+        out["realistic"] = realistic(cap, reps=reps, seconds=seconds, clients=clients)
         out["proposed_32"] = {
             "tps": {k: summary(v, 1) for k, v in proposed.items()},
             **{
@@ -399,6 +459,35 @@ def run(server: Server, *, quick: bool) -> dict[str, Any]:
     finally:
         cap.close()
     return out
+
+
+def realistic(
+    cap: Capture, *, reps: int, seconds: float, clients: tuple[int, ...]
+) -> dict[str, Any]:
+    """The realistic shipping transaction, source detached ("none") and attached ("plugin"),
+    interleaved (the order flipped every repetition), at each client count."""
+    cap.prepare_realistic()
+    tps: dict[str, dict[int, list[float]]] = {"none": {}, "plugin": {}}
+    for rep in range(reps):
+        for c in clients:
+            for mode in ("none", "plugin") if rep % 2 == 0 else ("plugin", "none"):
+                cap.set_plugin(mode == "plugin")
+                v = cap.pgbench(c, seconds, realistic=True)
+                tps[mode].setdefault(c, []).append(v)
+                log(f"capture realistic rep {rep + 1} {c:>2} clients {mode:<6}: {v:8.0f} TPS")
+    cap.set_plugin(True)
+    return {
+        "method": f"pgbench -M prepared, one transaction = status UPDATE + per line (5) one "
+        f"stock decrement over {REALISTIC_SKUS} SKUs and one stock_movement INSERT",
+        "skus": REALISTIC_SKUS,
+        "tps": {m: {str(c): summary(v, 1) for c, v in by_c.items()} for m, by_c in tps.items()},
+        "ratio_by_clients": {
+            str(c): summary(
+                [n / p for n, p in zip(tps["none"][c], tps["plugin"][c], strict=True)], 3
+            )
+            for c in clients
+        },
+    }
 
 
 def profile(cap: Capture, *, quick: bool, rounds: int = 2, n: int = 5000) -> dict[str, Any]:
@@ -438,6 +527,40 @@ def profile(cap: Capture, *, quick: bool, rounds: int = 2, n: int = 5000) -> dic
         },
         "variants": {k: v.doc for k, v in VARIANTS.items()},
     }
+
+
+def run_realistic(server: Server, *, quick: bool) -> dict[str, Any]:
+    """Only the realistic transaction and the worst case's generated-vs-inbox ratio
+    (`--only capture-realistic`): the part of `capture` issue 17 added, on its own."""
+    reps = 1 if quick else 3
+    seconds = 2 if quick else 4
+    cap = Capture(server, 100_000 if quick else 200_000)
+    out: dict[str, Any] = {"db": DB, "seconds_per_run": seconds, "repetitions": reps}
+    try:
+        out["realistic"] = realistic(cap, reps=reps, seconds=seconds, clients=(1, 8, 32))
+        names = ("none", "generated", "inbox")
+        got: dict[str, list[float]] = {k: [] for k in names}
+        for rep in range(reps):
+            for name in names if rep % 2 == 0 else tuple(reversed(names)):
+                if name == "none":
+                    cap.restore()
+                    cap.set_plugin(False)
+                else:
+                    cap.apply_variant(name)
+                got[name].append(cap.pgbench(32, seconds))
+                log(f"capture worst case rep {rep + 1} 32 clients {name}: {got[name][-1]:.0f}")
+        cap.restore()
+        cap.set_plugin(True)
+        out["proposed_32"] = {
+            "tps": {k: summary(v, 1) for k, v in got.items()},
+            **{
+                f"ratio_{k}": summary([n / p for n, p in zip(got["none"], got[k], strict=True)], 3)
+                for k in names[1:]
+            },
+        }
+    finally:
+        cap.close()
+    return out
 
 
 def run_profile(server: Server, *, rounds: int, n: int) -> dict[str, Any]:

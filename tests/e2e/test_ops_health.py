@@ -50,11 +50,13 @@ def test_healthy_before_and_after_the_daemon_fetched_a_token(
         "installation",
         "sellers",
         "listen",
+        "quota",
         "token main",
         "platform main",
     ]
     assert "bound to this database" in checks["installation"]["detail"]
     assert checks["sellers"]["status"] == "ok"
+    assert checks["quota"]["status"] == "ok"
     assert "primary" in checks["database"]["detail"]
     assert checks["listen"]["status"] == "ok" and checks["listen"]["seconds"] < 5
     # No token yet, and the check must not fetch one (50 per 30 days): the platform answers

@@ -22,7 +22,9 @@ from cdc_invoice.errors import (
     OutcomeUnknown,
     ProviderAuthError,
     ProviderRejected,
+    ProviderThrottled,
     ProviderUnavailable,
+    SellerPaused,
 )
 from cdc_invoice.invoice.model import InvoiceDraft, InvoiceLine, Seller
 from cdc_invoice.providers.base import (
@@ -42,6 +44,7 @@ from cdc_invoice.providers.nuonuo.client import (
     dumps,
 )
 from cdc_invoice.providers.nuonuo.token import Clock, TokenCache, TokenStore
+from cdc_invoice.providers.pace import Pacer, QuotaGuard
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +102,13 @@ class NuonuoProvider:
         user_agent: str = DEFAULT_USER_AGENT,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Clock = time.time,
+        pacer: Pacer | None = None,
+        quota: QuotaGuard | None = None,
     ) -> None:
         self._credentials = dict(credentials)
+        # providers/pace.py: rate cap, throttling and quota pauses (None: calls go straight out)
+        self.pacer = pacer
+        self.quota = quota
         self._clock = clock
         self._tokens = TokenCache(token_store, clock=clock)
         self._client = NuonuoClient(
@@ -132,6 +140,7 @@ class NuonuoProvider:
     async def issue(self, seller: Seller, draft: InvoiceDraft, order_no: str) -> IssueAccepted:
         if not order_no:
             raise ValueError("order_no (the idempotency key) must not be empty")
+        self._check_quota(seller)
         content = payload.build_order(
             seller,
             draft,
@@ -313,6 +322,19 @@ class NuonuoProvider:
 
     # ------------------------------------------------------------ helpers
 
+    def _check_quota(self, seller: Seller) -> None:
+        if self.quota is None or self.quota.may_issue(seller.seller_id):
+            return
+        pause = self.quota.paused.get(seller.seller_id)
+        raise SellerPaused(
+            f"seller {seller.seller_id!r} is paused: the platform's monthly invoicing quota is "
+            f"exhausted ({pause.reason if pause else 'quota'})",
+            seller_id=seller.seller_id,
+            retry_after=self.quota.retry_after(seller.seller_id) or 0.0,
+            hint="ask the tax bureau / Nuonuo to raise the seller's 发票总额度; the daemon "
+            "probes and resumes by itself, nothing is failed meanwhile",
+        )
+
     async def _list_window(
         self, seller: Seller, start: datetime, end: datetime
     ) -> list[PlatformInvoice]:
@@ -408,6 +430,60 @@ class NuonuoProvider:
             ) from None
 
     async def _call(
+        self,
+        seller: Seller,
+        method: str,
+        content: Mapping[str, object],
+        *,
+        mutating: bool,
+        order_no: str | None = None,
+        unknown_hint: str = DEFAULT_UNKNOWN_HINT,
+    ) -> Answer:
+        """One paced gateway call: throttling answers are resent, further apart, for up to the
+        pacer's max_throttle_wait; then ProviderThrottled (the daemon defers the request). A
+        throttled call was not acted on (docs/platform-assumptions.md), so resending is safe;
+        were it acted on, the resend of an issue answers E9106 and the daemon queries first."""
+        pacer = self.pacer
+        if pacer is None:
+            return await self._call_once(
+                seller,
+                method,
+                content,
+                mutating=mutating,
+                order_no=order_no,
+                unknown_hint=unknown_hint,
+            )
+        app_key = self._credentials_for(seller).app_key
+        deadline = pacer.clock() + pacer.max_throttle_wait
+        while True:
+            await pacer.before(app_key, seller.seller_id)
+            try:
+                answer = await self._call_once(
+                    seller,
+                    method,
+                    content,
+                    mutating=mutating,
+                    order_no=order_no,
+                    unknown_hint=unknown_hint,
+                )
+            except ProviderThrottled as exc:  # HTTP 429
+                throttled: ProviderThrottled = exc
+            else:
+                if answer.code not in codes.THROTTLED:
+                    pacer.on_success(seller.seller_id)
+                    return answer
+                throttled = ProviderThrottled(
+                    f"{method}: {answer.code} {answer.describe}".rstrip(),
+                    code=answer.code,
+                    hint=codes.HINTS.get(answer.code),
+                    method=method,
+                )
+            pause = pacer.on_throttled(seller.seller_id)
+            if pacer.clock() + pause > deadline:
+                raise throttled
+            await pacer.sleep(pause)
+
+    async def _call_once(
         self,
         seller: Seller,
         method: str,

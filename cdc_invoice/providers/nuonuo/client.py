@@ -35,6 +35,7 @@ from cdc_invoice.errors import (
     OutcomeUnknown,
     ProviderAuthError,
     ProviderError,
+    ProviderThrottled,
     ProviderUnavailable,
 )
 from cdc_invoice.providers.nuonuo import codes, signing
@@ -285,6 +286,12 @@ class NuonuoClient:
                 hidden=(credentials.app_secret, access_token),
                 hint=hint,
             )
+            if status == 429:
+                # HTTP's "Too Many Requests": refused, not acted on (docs/platform-assumptions.md)
+                outcome = "429"
+                raise ProviderThrottled(
+                    f"{method}: HTTP 429 Too Many Requests", code="HTTP429", method=method
+                )
             answer = _answer(status, body)
             if answer is None:
                 error = OutcomeUnknown if mutating else ProviderUnavailable

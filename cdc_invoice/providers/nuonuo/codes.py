@@ -13,6 +13,7 @@ from cdc_invoice.errors import (
     ProviderAuthError,
     ProviderError,
     ProviderRejected,
+    ProviderThrottled,
     ProviderUnavailable,
 )
 
@@ -111,6 +112,22 @@ UNKNOWN_CODE_HINT: Final = (
     "check the platform console and docs/platform-assumptions.md"
 )
 
+# ASSUMPTION (docs/platform-assumptions.md): the platform's throttling answer is undocumented
+# (reference/nuonuo.md §2.10 "rate limits: [U]"); our sandbox answers E9429, and HTTP 429 is
+# read the same way (client.py). Throttled calls were not acted on: they are resent, paced.
+THROTTLED: Final = frozenset({"E9429"})
+
+# ASSUMPTION (docs/platform-assumptions.md): an invoice the platform accepts and then fails for
+# lack of monthly quota (发票总额度, reference/nuonuo.md §3.4, "quota (async fail)") carries a
+# failCause with this text; the sandbox's is "当月发票总额度不足:…". Such a failure pauses the
+# seller and is re-submitted (reInvoice, same serial) once the quota is raised.
+QUOTA_FAIL_MARKERS: Final = ("额度不足",)
+
+
+def is_quota_failure(fail_cause: str | None) -> bool:
+    return bool(fail_cause) and any(m in (fail_cause or "") for m in QUOTA_FAIL_MARKERS)
+
+
 _CHECK_CREDENTIALS = (
     "check app_key/app_secret configured for this seller (a self-use app's key and secret "
     "from the Nuonuo console)"
@@ -181,6 +198,8 @@ HINTS: Final[dict[str, str]] = {
     "it), so cancel the request rather than issue it under a new number",
     # query
     "E9601": "the platform could not query the invoice right now; it will be retried",
+    "E9429": "the platform throttled the call: lower [provider] max_requests_per_second to the "
+    "rate your Nuonuo app is allowed; the daemon slows down and resends meanwhile",
     "E9611": "neither serial numbers nor order numbers were given (a bug in cdc-invoice)",
 }
 
@@ -247,6 +266,8 @@ def error_for(code: str, describe: str, *, method: str) -> ProviderError:
     hint = METHOD_HINTS.get(method, {}).get(code) or HINTS.get(code)
     if code in TOKEN_INVALID or code in SIGNATURE_INVALID or is_auth_code(code):
         return ProviderAuthError(message, code=code, hint=hint, method=method)
+    if code in THROTTLED:
+        return ProviderThrottled(message, code=code, hint=hint, method=method)
     if code in TRANSIENT:
         return ProviderUnavailable(message, code=code, hint=hint, method=method)
     if code == ORDER_NO_TAKEN or is_refused(code, method) or (method, code) in _ASSUMED_REFUSED:
