@@ -283,7 +283,9 @@ def test_metrics_and_healthz(shop_dsn: str, sandbox: harness.Sandbox, tmp_path: 
         assert health.status_code == 200, health.text
         body = health.json()
         assert body["status"] == "ok"
-        assert set(body["checks"]) == {"database", "schema", "listen", "claim_loop", "platform"}
+        assert set(body["checks"]) == {
+        "database", "schema", "listen", "claim_loop", "platform", "quota"
+    }  # fmt: skip
         assert "E0000" in body["checks"]["platform"]["detail"]
 
         # A schema this daemon does not know: /healthz says so with a 503.
