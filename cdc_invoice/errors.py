@@ -17,7 +17,7 @@
         │   ├── ProviderThrottled   the platform said "too many requests" (deferred, not counted)
         │   └── SellerPaused        the seller's monthly quota is exhausted (deferred, not counted)
         ├── OutcomeUnknown          timeout / lost response after sending (retryable; query first)
-        └── ProviderAuthError       credentials, signature or token problems (retryable after fix)
+        └── ProviderAuthError       credentials, signature or token problems (deferred, not counted)
 
 Errors are mapped once at each boundary (psycopg in db/, httpx in providers/) and carry data
 attributes so that the daemon can store them on the request row without parsing strings.
@@ -177,6 +177,9 @@ class ProviderAuthError(ProviderError):
     """The platform refused the credentials, the signature or the access token."""
 
     retryable = True
+    # A problem of the seller's account, not of the order (issue 14): its requests wait, without
+    # counting attempts, until the credentials are fixed; no order is failed or refused for it.
+    counts_as_attempt = False
 
 
 class ProviderThrottled(ProviderUnavailable):

@@ -24,6 +24,7 @@ from cdc_invoice.errors import (
     InvalidOrder,
     OutcomeUnknown,
     Problem,
+    ProviderAuthError,
     ProviderError,
     SellerPaused,
 )
@@ -265,13 +266,24 @@ class Handler:
         )
 
     async def _defer(self, req: ClaimedRequest, fence: Fence, exc: CdcInvoiceError) -> None:
-        """The platform asked us to wait (ProviderThrottled, SellerPaused): put the request
-        back without counting a retry, so no cap fails it and its backoff does not grow."""
+        """The platform asked us to wait (ProviderThrottled, SellerPaused) or refused the
+        seller's credentials (ProviderAuthError): put the request back without counting a
+        retry, so no cap fails it and its backoff does not grow."""
         self.stats.deferred += 1
         code = getattr(exc, "code", None)
         self.observer.deferred(req.kind, code)
-        # throttled for the pacer's whole max_throttle_wait: a few seconds, others get a turn
-        delay = exc.retry_after if isinstance(exc, SellerPaused) else random.uniform(1.0, 5.0)
+        if isinstance(exc, SellerPaused):
+            delay = exc.retry_after
+        elif isinstance(exc, ProviderAuthError):
+            # the seller's account, until someone fixes it: ask rarely (each call is refused,
+            # and token fetches are rationed), and say so loudly
+            delay = self.max_backoff_seconds
+            log.error(
+                "request %s (%s %s): the platform refused seller credentials: %s; it waits "
+                "%.0fs and is not failed", req.id, req.source, req.order_ref, exc, delay,
+            )  # fmt: skip
+        else:  # throttled for the pacer's whole max_throttle_wait: others get a turn
+            delay = random.uniform(1.0, 5.0)
         log.debug(
             "request %s (%s %s): %s; waits %.1fs", req.id, req.source, req.order_ref, exc, delay
         )

@@ -622,3 +622,34 @@ def test_only_documented_refusals_burn_an_order_number(installed_dsn: str) -> No
         }
         assert conn.execute("SELECT cdc_invoice._number_burned(NULL)").fetchone() == (False,)
     assert burned == set(codes.REFUSED) - {"E9613"}
+
+
+async def test_a_credentials_error_waits_and_never_fails_the_order(shop_dsn: str) -> None:
+    """Issue 14 row 2: a gateway/credentials answer (070601 签名不匹配, nuonuo-sdk
+    sandbox-validation.md) is the seller's problem, not the order's: the request waits without
+    counting attempts — max_attempts never fails it — and goes through once the credentials
+    work again."""
+    from cdc_invoice.errors import ProviderAuthError
+
+    platform = Platform()
+    real_issue = platform.issue
+    refusals = 0
+
+    async def refused(seller: Seller, draft: InvoiceDraft, order_no: str) -> IssueAccepted:
+        nonlocal refusals
+        if refusals < 6:
+            refusals += 1
+            raise ProviderAuthError("签名不匹配", code="070601")
+        return await real_issue(seller, draft, order_no)
+
+    platform.issue = refused  # type: ignore[method-assign]
+    order = ship(shop_dsn, "C001", [("P-MOUSE", "1", "79.90")])
+    # every refusal puts the request back for max_backoff_seconds (0.01 s here)
+    async with daemon(shop_dsn, platform, max_attempts=2):
+        await until(shop_dsn, "SELECT bool_and(state = 'done') FROM cdc_invoice.request")
+    assert refusals == 6
+    [(retries,)] = sql(
+        shop_dsn, "SELECT retries FROM cdc_invoice.request WHERE order_ref = %s", order
+    )
+    assert retries == 0
+    assert net_invoiced(shop_dsn, order) == Decimal("79.90")
