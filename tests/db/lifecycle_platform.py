@@ -15,7 +15,8 @@ summarised in /work/shared/reference/nuonuo.md (诺诺 数电发票: 开具发�
 * an electronic (pc/bs) red-letter slip is ready at once and the platform issues the red invoice
   itself; a full reversal (no lines) reverses what remains of the blue invoice.
 
-Faults the model scripts: the call never reaches the platform (unavailable), the platform refuses,
+Refusals are the exceptions the Nuonuo adapter raises for those codes (codes.error_for: same
+class, same operator hint). Faults the model scripts: the call never reaches the platform (unavailable), the platform refuses,
 the platform acts and the answer is lost, the daemon process dies before or after the call
 (``DaemonKilled``), the platform answers "issued" without number and date once (incomplete).
 """
@@ -40,6 +41,7 @@ from cdc_invoice.providers.base import (
     PlatformStatus,
     RedSlip,
 )
+from cdc_invoice.providers.nuonuo import codes
 
 CHINA = ZoneInfo("Asia/Shanghai")
 
@@ -48,6 +50,8 @@ CHINA = ZoneInfo("Asia/Shanghai")
 SEAL_FAILED_STATUS: PlatformStatus = next(
     (s for s in typing.get_args(PlatformStatus) if "seal" in s or "sign" in s), "failed"
 )
+
+REINVOICE = "nuonuo.OpeMplatform.reInvoice"  # 开票重试
 
 TRANSPORTS = ("accept", "refuse", "lose", "unavailable", "kill_before", "kill_after")
 FATES = ("ok", "slow", "22", "24", "incomplete")
@@ -86,7 +90,7 @@ class Invoice:
     incomplete_left: int = 0  # queries that answer "issued" without number and date
     original_number: str | None = None  # a red invoice's blue
     reinvoices: int = 0
-    lines: tuple[InvoiceLine, ...] = ()
+    lines: tuple[InvoiceLine, ...] = field(default=(), repr=False)
 
     @property
     def exists(self) -> bool:
@@ -108,6 +112,7 @@ class ScriptedPlatform:
     by_serial: dict[str, Invoice] = field(default_factory=dict)
     slips: dict[str, Invoice] = field(default_factory=dict)  # bill_id -> its red invoice
     calls: list[str] = field(default_factory=list)
+    reached: set[str] = field(default_factory=set)  # orders of which an issue call arrived
     _seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     # --- the ledger, as the model reads it --------------------------------------------------
@@ -218,10 +223,11 @@ class ScriptedPlatform:
     async def issue(self, seller: Seller, draft: InvoiceDraft, order_no: str) -> IssueAccepted:
         answer = self._next()
         self._transport(answer, "issue")
+        self.reached.add(draft.order_ref)
         if order_no in self.by_order_no:
-            raise ProviderRejected("订单编号或流水号不能重复", code="E9106")
+            raise codes.error_for("E9106", "订单编号或流水号不能重复", method=codes.ISSUE)
         if answer.transport == "refuse":
-            raise ProviderRejected("模型: 明细行税额误差超过0.06", code="E9131")
+            raise codes.error_for("E9131", "明细行税额误差超过0.06", method=codes.ISSUE)
         inv = Invoice(
             serial=f"MS{next(self._seq):010d}",
             order_no=order_no,
@@ -249,10 +255,10 @@ class ScriptedPlatform:
         self._transport(answer, "reinvoice")
         inv = self.by_order_no.get(order_no)
         if inv is None or answer.transport == "refuse":
-            raise ProviderRejected(f"模型: 发票不存在 {order_no}", code="E9500")
+            raise codes.error_for("E9500", f"发票不存在 {order_no}", method=REINVOICE)
         if inv.status == "failed22":
             if inv.reinvoices >= 20:
-                raise ProviderRejected("重试次数超过20次", code="E9613")
+                raise codes.error_for("E9613", "重试次数超过20次", method=REINVOICE)
             inv.reinvoices += 1
             inv.status, inv.fate = "issuing", answer.fate
             inv.polls_left = 2 if answer.fate == "slow" else 0
@@ -283,10 +289,14 @@ class ScriptedPlatform:
             return bill_id
         found = [i for i in self.by_order_no.values() if i.number == blue.number and i.exists]
         if not found or found[0].kind != "blue":
-            raise ProviderRejected(f"模型: 蓝字发票{blue.number}不存在", code="E9102")
+            raise codes.error_for(
+                "E9102", f"蓝字发票{blue.number}不存在", method=codes.SAVE_RED_CONFIRM
+            )
         original = found[0]
         if red_order_no in self.by_order_no:
-            raise ProviderRejected("订单编号或流水号不能重复", code="E9106")
+            raise codes.error_for(
+                "E9106", "订单编号或流水号不能重复", method=codes.SAVE_RED_CONFIRM
+            )
         left = self.remaining(original)
         if red_lines is None:
             totals = (-left[0], -left[1], -left[2])
@@ -298,7 +308,9 @@ class ScriptedPlatform:
             )
         if totals[2] >= 0 or left[2] + totals[2] < 0:
             # 红字确认单: a red invoice can never exceed what the blue one still holds.
-            raise ProviderRejected(f"模型: 红冲金额超过蓝字发票{blue.number}余额", code="E9103")
+            raise codes.error_for(
+                "E9103", f"红冲金额超过蓝字发票{blue.number}余额", method=codes.SAVE_RED_CONFIRM
+            )
         red = Invoice(
             serial=f"MS{next(self._seq):010d}",
             order_no=red_order_no,

@@ -125,7 +125,6 @@ class LifecycleModel(RuleBasedStateMachine):
         self.active = 0
         self.orders: dict[int, str] = {}  # order_id -> new / shipped / returned
         self.handled: Counter[int] = Counter()  # request id -> handlings since operator action
-        self.reached: set[str] = set()  # orders of which an issue call reached the platform
         W.conn.execute("""
             TRUNCATE cdc_invoice.invoice_line, cdc_invoice.invoice, cdc_invoice.request,
                      cdc_invoice.event, cdc_invoice.reconciliation, shop.order_lines, shop.orders
@@ -338,7 +337,7 @@ class LifecycleModel(RuleBasedStateMachine):
             assert (exc.sqlstate or "").startswith("CI"), f"retry({rid}) raised {exc!r}"
             return
         self.handled[rid] = 0
-        if kind == "issue" and order_ref not in self.reached:
+        if kind == "issue" and order_ref not in self.platform.reached:
             # Nothing of this order ever reached the platform: the retry takes a fresh
             # snapshot, so that "fix the order, then retry" works (issue 13, hole 5).
             [(same,)] = self._sql(
@@ -572,7 +571,7 @@ class LifecycleModel(RuleBasedStateMachine):
 
 def _model_settings() -> settings:
     return settings(
-        max_examples=EXAMPLES or 12,
+        max_examples=EXAMPLES or 25,
         stateful_step_count=60 if EXAMPLES else 30,
         deadline=None,
         database=DirectoryBasedExampleDatabase(str(DB_DIR)),
