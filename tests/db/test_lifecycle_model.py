@@ -331,6 +331,12 @@ class LifecycleModel(RuleBasedStateMachine):
     def daemon_step(self) -> None:
         self._step()
 
+    @rule(n=st.integers(2, 5))
+    def daemon_steps(self, n: int) -> None:
+        """A few cycles in a row (most paths need several: submit, poll, record, reverse)."""
+        for _ in range(n):
+            self._step()
+
     # --- the operator -----------------------------------------------------------------------
 
     def _failed(self) -> list[tuple[Any, ...]]:
