@@ -598,7 +598,7 @@ class LifecycleModel(RuleBasedStateMachine):
 
 def _model_settings() -> settings:
     return settings(
-        max_examples=EXAMPLES or 25,
+        max_examples=EXAMPLES or 50,
         stateful_step_count=60 if EXAMPLES else 30,
         deadline=None,
         # A run that leaves rules out keeps its failures apart: replayed without those rules,
