@@ -61,7 +61,9 @@ bench-quick: $(BENCH_STAMP)
 # restarts, a cut and a half-open link, a faulty platform; then every order is compared with the
 # platform and the local tables. Prints the figures and writes chaos-results.json. The short run
 # is also tests/chaos/test_chaos_short.py (part of `make test`).
+# The lifecycle model (tests/db/test_lifecycle_model.py) runs first with a longer budget.
 chaos: $(STAMP)
+	CDC_INVOICE_MODEL_EXAMPLES=300 $(PY) -m pytest -q --timeout 3600 tests/db/test_lifecycle_model.py
 	$(PY) -m tests.chaos --full
 
 chaos-short: $(STAMP)

@@ -89,6 +89,9 @@ class RequestRefused(CdcInvoiceError):
         self, message: str | None = None, *, hint: str | None = None, sqlstate: str | None = None
     ) -> None:
         self.sqlstate = sqlstate
+        # A request failed by this refusal shows the SQLSTATE as its error_code (CI006, ...):
+        # every failed request has a code and a hint.
+        self.code = sqlstate
         super().__init__(message, hint=hint)
 
 
