@@ -24,7 +24,6 @@ the platform acts and the answer is lost, the daemon process dies before or afte
 from __future__ import annotations
 
 import itertools
-import typing
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,18 +37,11 @@ from cdc_invoice.providers.base import (
     InvoiceRef,
     IssueAccepted,
     PlatformInvoice,
-    PlatformStatus,
     RedSlip,
 )
 from cdc_invoice.providers.nuonuo import codes
 
 CHINA = ZoneInfo("Asia/Shanghai")
-
-# How the ledger's 24 (开票成功签章失败) is reported. Today's protocol has no status of its own
-# for it (failed [22, 24]); if the Provider protocol gains one (its name says seal or sign), use it.
-SEAL_FAILED_STATUS: PlatformStatus = next(
-    (s for s in typing.get_args(PlatformStatus) if "seal" in s or "sign" in s), "failed"
-)
 
 REINVOICE = "nuonuo.OpeMplatform.reInvoice"  # 开票重试
 
@@ -178,9 +170,11 @@ class ScriptedPlatform:
             # filling in the result (issue 13, hole 4). The next query answers in full.
             inv.incomplete_left -= 1
             return PlatformInvoice(status="issued", status_code="2", **common)
-        status: PlatformStatus = "issued" if inv.status == "issued" else SEAL_FAILED_STATUS
+        # 24 (开票成功签章失败) is an issued invoice whose seal failed (发票详情查询 doc; the
+        # Provider protocol reports it as "issued" with seal_failed)
         return PlatformInvoice(
-            status=status,
+            status="issued",
+            seal_failed=inv.status != "issued",
             status_code="2" if inv.status == "issued" else "24",
             number=inv.number,
             issued_at=inv.issued_at,
@@ -246,6 +240,11 @@ class ScriptedPlatform:
         self.by_serial[inv.serial] = inv
         self._after(answer, "issue")
         return IssueAccepted(order_no=order_no, serial=inv.serial)
+
+    async def reissue(self, seller: Seller, serial: str, order_no: str) -> IssueAccepted:
+        """Provider.reissue: reInvoice by serial and order number (the serial wins)."""
+        inv = self.by_serial.get(serial)
+        return await self.reinvoice(seller, inv.order_no if inv is not None else order_no)
 
     async def reinvoice(self, seller: Seller, order_no: str) -> IssueAccepted:
         """开票重试 (reInvoice): a failed (22) invoice is issued again under the same order
