@@ -3,8 +3,8 @@
 It implements the Provider protocol (cdc_invoice/providers/base.py) and keeps its own ledger:
 order number -> invoice, with the status the real platform would report. The model tells it
 what to answer next; by default it accepts and issues. Behaviour follows the Nuonuo doc pages
-summarised in /work/shared/reference/nuonuo.md (诺诺 数电发票: 开具发票 requestBillingNew,
-发票详情查询 queryInvoiceResult, 开票重试 reInvoice, 红字确认单 saveInvoiceRedConfirm):
+(ourworldcn/PowerLms 诺诺网接口/数电发票/: 开具发票 requestBillingNew, 发票详情查询
+queryInvoiceResult, 开票重试 reInvoice, 红字确认单 saveInvoiceRedConfirm):
 
 * an issue request is accepted (a serial is returned) and the result comes later: 20/21 while
   issuing, then 2 issued, 22 failed, or 24 issued with the seal failed (the invoice EXISTS);
