@@ -538,8 +538,17 @@ BEGIN
                  WHERE r.state = 'failed' AND (retry_failed.source IS NULL OR r.source = retry_failed.source)
                  ORDER BY r.id
     LOOP
-        PERFORM cdc_invoice.retry(v_id);
-        v_n := v_n + 1;
+        -- One request retry() refuses (e.g. its order was returned meanwhile, or its numbers
+        -- are spent) must not hold up the others: it stays failed, and a NOTICE says why.
+        BEGIN
+            PERFORM cdc_invoice.retry(v_id);
+            v_n := v_n + 1;
+        EXCEPTION WHEN OTHERS THEN
+            IF left(SQLSTATE, 2) <> 'CI' THEN
+                RAISE;
+            END IF;
+            RAISE NOTICE 'request % left failed: %', v_id, SQLERRM;
+        END;
     END LOOP;
     RETURN v_n;
 END $$;

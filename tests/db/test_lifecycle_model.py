@@ -567,7 +567,10 @@ class LifecycleModel(RuleBasedStateMachine):
         failed_orders = {
             ref
             for (ref,) in self._sql(
-                "SELECT order_ref FROM cdc_invoice.request WHERE state = 'failed'"
+                "SELECT order_ref FROM cdc_invoice.request WHERE state = 'failed' "
+                # an operator who cancels a reversal (the return was a mistake) decides the
+                # order stays invoiced: explicit, never silent (docs/reliability.md)
+                "OR (state = 'cancelled' AND kind = 'reverse' AND error_code = 'CANCELLED')"
             )
         }
         local = self._local()

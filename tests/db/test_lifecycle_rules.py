@@ -653,3 +653,27 @@ async def test_a_credentials_error_waits_and_never_fails_the_order(shop_dsn: str
     )
     assert retries == 0
     assert net_invoiced(shop_dsn, order) == Decimal("79.90")
+
+
+def test_retry_failed_leaves_a_refused_request_and_retries_the_others(shop_dsn: str) -> None:
+    """Found by the lifecycle model: an order returned while its issue request is failed (the
+    reversal not handled yet) makes retry() refuse that request; retry_failed() used to abort
+    on it, so one returned order blocked the operator's bulk retry of every other."""
+    sql(shop_dsn, "INSERT INTO shop.products VALUES ('P-NEW', '新品', 'x', NULL, NULL, 9.00)")
+    returned = ship(shop_dsn, "C001", [("P-NEW", "1", "9.00")])
+    other = ship(shop_dsn, "C002", [("P-NEW", "2", "9.00")])
+    sql(
+        shop_dsn,
+        "UPDATE cdc_invoice.request SET state = 'failed', error_code = 'MAPPING', "
+        "hint = 'map it' WHERE kind = 'issue'",
+    )
+    sql(
+        shop_dsn, "UPDATE shop.orders SET status = 'returned' WHERE order_id = %s::bigint", returned
+    )
+    with psycopg.connect(shop_dsn, autocommit=True) as conn:
+        notices: list[str] = []
+        conn.add_notice_handler(lambda d: notices.append(str(d.message_primary)))
+        assert conn.execute("SELECT cdc_invoice.retry_failed()").fetchone() == (1,)
+    assert issue_request(shop_dsn, returned)[1] == "failed"
+    assert issue_request(shop_dsn, other)[1] == "pending"
+    assert any("left failed" in n and "was returned" in n for n in notices), notices
