@@ -66,7 +66,7 @@ def test_cancel_a_failed_request_keeps_the_reason_and_leaves_the_failure_reports
             conn,
             state="failed",
             attempt=1,
-            platform_order_no="CIXXXX000000000001",
+            platform_order_no="CITEST000000000001",
             last_error="buyer unknown",
             error_code="MAPPING",
         )
@@ -116,15 +116,15 @@ def test_cancel_a_pending_request_never_sent(installed_dsn: str) -> None:
 @pytest.mark.parametrize(
     "values",
     [
-        {"state": "claimed", "attempt": 1, "platform_order_no": "CIXXXX000000000002"},
-        {"state": "submitted", "attempt": 1, "platform_order_no": "CIXXXX000000000003"},
+        {"state": "claimed", "attempt": 1, "platform_order_no": "CITEST000000000002"},
+        {"state": "submitted", "attempt": 1, "platform_order_no": "CITEST000000000003"},
         # released after a retryable error: its first try may have reached the platform
-        {"state": "pending", "attempt": 1, "platform_order_no": "CIXXXX000000000004"},
+        {"state": "pending", "attempt": 1, "platform_order_no": "CITEST000000000004"},
         # part 1 accepted at the platform, part 2 refused
         {
             "state": "failed",
             "attempt": 1,
-            "platform_order_no": "CIXXXX000000000005",
+            "platform_order_no": "CITEST000000000005",
             "progress": psycopg.types.json.Jsonb({"parts": [{"part": 1, "serial": "S1"}]}),
         },
         # a reversal waiting on a red-letter slip at the platform
@@ -159,7 +159,7 @@ def test_cancel_is_refused_after_a_lost_answer_unless_the_platform_refused_the_n
         ids = []
         for code in ("MAPPING", "E9101"):
             rid = request(
-                conn, state="failed", attempt=2, platform_order_no=f"CIXXXX0{code}", error_code=code
+                conn, state="failed", attempt=2, platform_order_no=f"CITEST0{code}", error_code=code
             )
             conn.execute(
                 "INSERT INTO cdc_invoice.event (request_id, event, detail) VALUES"

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import os
 from collections import Counter
@@ -77,7 +76,7 @@ DB_DIR = Path(__file__).with_name(".lifecycle-model-db")
 
 KINDS = ("issue", *LIFECYCLE_KINDS)
 LEASE_SECONDS = 60.0  # never runs out on its own: the model expires leases explicitly
-MAX_ATTEMPTS = 6  # [daemon] max_attempts, when the daemon has it
+MAX_ATTEMPTS = 6  # [daemon] max_attempts (issue 13, hole 4)
 HANDLING_BOUND = 40  # handlings of one request between operator actions: beyond is a loop
 SETTLE_ROUNDS = 40
 # Goods only: a service line cannot be reversed as a sales return (销货退回), which is what
@@ -98,15 +97,6 @@ class Daemon:
     lifecycle: Lifecycle
 
 
-def _handler_options(cls: type) -> dict[str, Any]:
-    """[daemon] max_attempts, passed where the daemon code takes it (issue 13, hole 4)."""
-    return (
-        {"max_attempts": MAX_ATTEMPTS}
-        if "max_attempts" in inspect.signature(cls).parameters
-        else {}
-    )
-
-
 class World:
     """What lives across examples: the database, the event loop, two daemons' repositories."""
 
@@ -116,8 +106,6 @@ class World:
     conn: psycopg.Connection[Any]
     tag: str
     items: list[tuple[Any, ...]]
-    has_cancel: bool
-    has_seal_column: bool
 
 
 W = World()
@@ -152,8 +140,8 @@ class LifecycleModel(RuleBasedStateMachine):
     def _daemon(self, repo: Repository) -> Daemon:
         sellers = SellerCache(repo, ttl=0.0)  # the model edits the seller between steps
         opts: dict[str, Any] = {"result_poll_seconds": 0.01, "max_backoff_seconds": 1.0}
-        issuer = Issuer(repo, self.platform, sellers, **opts, **_handler_options(Issuer))
-        lifecycle = Lifecycle(repo, self.platform, sellers, **opts, **_handler_options(Lifecycle))
+        issuer = Issuer(repo, self.platform, sellers, **opts, max_attempts=MAX_ATTEMPTS)
+        lifecycle = Lifecycle(repo, self.platform, sellers, **opts, max_attempts=MAX_ATTEMPTS)
         return Daemon(repo, issuer, lifecycle)
 
     # --- helpers ----------------------------------------------------------------------------
@@ -387,7 +375,7 @@ class LifecycleModel(RuleBasedStateMachine):
             "WHERE state IN ('failed', 'pending') ORDER BY id"
         )
 
-    @precondition(lambda self: "cancel" not in SKIP and W.has_cancel and self._cancellable())
+    @precondition(lambda self: "cancel" not in SKIP and self._cancellable())
     @rule(i=st.integers(0, 20))
     def cancel(self, i: int) -> None:
         """The operator gives up on a request (issue 13, hole 6)."""
@@ -462,12 +450,11 @@ class LifecycleModel(RuleBasedStateMachine):
     # --- invariants -------------------------------------------------------------------------
 
     def _local(self) -> list[dict[str, Any]]:
-        seal = ", i.seal_failed" if W.has_seal_column else ", NULL AS seal_failed"
         cur = W.conn.cursor(row_factory=psycopg.rows.dict_row)
         return cur.execute(
             "SELECT i.id, i.order_ref, i.part, i.kind, i.invoice_number, i.platform_order_no, "
             "i.total_excl_tax, i.total_tax, i.total_incl_tax, i.status, "
-            "o.invoice_number AS original_number" + seal + " FROM cdc_invoice.invoice i "
+            "o.invoice_number AS original_number, i.seal_failed FROM cdc_invoice.invoice i "
             "LEFT JOIN cdc_invoice.invoice o ON o.id = i.original_invoice_id ORDER BY i.id"
         ).fetchall()
 
@@ -500,10 +487,9 @@ class LifecycleModel(RuleBasedStateMachine):
                 inv["total_incl_tax"],
             ), f"{where}: totals differ from the platform's"
             assert p.original_number == inv["original_number"], f"{where}: another blue"
-            if W.has_seal_column:
-                assert bool(inv["seal_failed"]) == (p.status == "seal24"), (
-                    f"{where}: seal_failed={inv['seal_failed']}, platform status {p.status}"
-                )
+            assert bool(inv["seal_failed"]) == (p.status == "seal24"), (
+                f"{where}: seal_failed={inv['seal_failed']}, platform status {p.status}"
+            )
 
     @invariant()
     def no_reversal_exceeds_its_blue(self) -> None:
@@ -645,18 +631,6 @@ def model_world(dsn: str) -> Iterator[None]:
             "SELECT source, item_ref, tax_code, tax_rate, short_name FROM cdc_invoice.item_tax "
             "WHERE source = 'shop'"
         ).fetchall()
-        W.has_cancel = bool(
-            W.conn.execute(
-                "SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-                "WHERE n.nspname = 'cdc_invoice' AND p.proname = 'cancel'"
-            ).fetchall()
-        )
-        W.has_seal_column = bool(
-            W.conn.execute(
-                "SELECT 1 FROM information_schema.columns WHERE table_schema = 'cdc_invoice' "
-                "AND table_name = 'invoice' AND column_name = 'seal_failed'"
-            ).fetchall()
-        )
         yield
     finally:
         for repo in W.repos:
