@@ -442,18 +442,7 @@ def run(server: Server, *, quick: bool) -> dict[str, Any]:
             out["profile"] = profile(cap, quick=quick, rounds=3, n=6000)
         # The proposed capture functions under pgbench, interleaved with none and the current.
         names = ("none", "generated", "jsonb_snapshot", "proposed", "inbox")
-        proposed: dict[str, list[float]] = {k: [] for k in names}
-        for rep in range(reps):
-            for name in names if rep % 2 == 0 else tuple(reversed(names)):
-                if name == "none":
-                    cap.restore()
-                    cap.set_plugin(False)
-                else:
-                    cap.apply_variant(name)
-                proposed[name].append(cap.pgbench(32, seconds))
-                log(f"capture rep {rep + 1} 32 clients {name}: {proposed[name][-1]:.0f} TPS")
-        cap.restore()
-        cap.set_plugin(True)
+        proposed = interleaved_32(cap, names, reps, seconds, "capture")
         out["realistic"] = realistic(cap, reps=reps, seconds=seconds, clients=clients)
         out["proposed_32"] = {
             "tps": {k: summary(v, 1) for k, v in proposed.items()},
@@ -467,6 +456,26 @@ def run(server: Server, *, quick: bool) -> dict[str, Any]:
     finally:
         cap.close()
     return out
+
+
+def interleaved_32(
+    cap: Capture, names: tuple[str, ...], reps: int, seconds: float, label: str
+) -> dict[str, list[float]]:
+    """TPS at 32 clients of each capture variant (``none``: no plugin), in alternating order
+    per repetition so that drift hits every variant alike; the plugin is restored after."""
+    got: dict[str, list[float]] = {k: [] for k in names}
+    for rep in range(reps):
+        for name in names if rep % 2 == 0 else tuple(reversed(names)):
+            if name == "none":
+                cap.restore()
+                cap.set_plugin(False)
+            else:
+                cap.apply_variant(name)
+            got[name].append(cap.pgbench(32, seconds))
+            log(f"{label} rep {rep + 1} 32 clients {name}: {got[name][-1]:.0f} TPS")
+    cap.restore()
+    cap.set_plugin(True)
+    return got
 
 
 def realistic(
@@ -547,18 +556,7 @@ def run_realistic(server: Server, *, quick: bool) -> dict[str, Any]:
     try:
         out["realistic"] = realistic(cap, reps=reps, seconds=seconds, clients=(1, 8, 32))
         names = ("none", "generated", "inbox")
-        got: dict[str, list[float]] = {k: [] for k in names}
-        for rep in range(reps):
-            for name in names if rep % 2 == 0 else tuple(reversed(names)):
-                if name == "none":
-                    cap.restore()
-                    cap.set_plugin(False)
-                else:
-                    cap.apply_variant(name)
-                got[name].append(cap.pgbench(32, seconds))
-                log(f"capture worst case rep {rep + 1} 32 clients {name}: {got[name][-1]:.0f}")
-        cap.restore()
-        cap.set_plugin(True)
+        got = interleaved_32(cap, names, reps, seconds, "capture worst case")
         out["proposed_32"] = {
             "tps": {k: summary(v, 1) for k, v in got.items()},
             **{
