@@ -50,7 +50,6 @@ from cdc_invoice.errors import (
 from cdc_invoice.invoice import compute, mapping
 from cdc_invoice.invoice.model import Buyer, InvoiceDraft, ItemTax, Seller
 from cdc_invoice.providers.base import PlatformInvoice
-from cdc_invoice.providers.nuonuo.codes import is_quota_failure
 from cdc_invoice.providers.pace import QuotaGuard
 
 log = logging.getLogger(__name__)
@@ -588,9 +587,7 @@ class Issuer(Handler):
         a probe (or, once the quota is back, every such part) is re-submitted with reInvoice.
         False: not a quota failure (or no guard), the caller parks it as usual."""
         guard = self.quota
-        if guard is None or not all(
-            s.status == "failed" and is_quota_failure(s.fail_cause) for _, s in failed
-        ):
+        if guard is None or not all(s.status == "failed" and s.quota_exhausted for _, s in failed):
             return False
         resend = [
             s.serial

@@ -66,6 +66,9 @@ class PlatformInvoice:
     paper_number: str | None = None  # its 8-digit paper number
     original_number: str | None = None  # a red invoice's blue invoice number
     seal_failed: bool = False  # status 24: issued (it exists), the electronic seal failed
+    # failed for lack of the seller's monthly quota (发票总额度): the seller pauses, the invoice is
+    # re-issued once the quota is back (issue 17); the provider decides from its own answer
+    quota_exhausted: bool = False
     lines: tuple[PlatformLine, ...] = field(default_factory=tuple)
 
 

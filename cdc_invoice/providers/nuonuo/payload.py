@@ -27,6 +27,7 @@ from cdc_invoice.providers.base import (
     RedSlip,
     SlipStatus,
 )
+from cdc_invoice.providers.nuonuo import codes
 
 logger = logging.getLogger(__name__)
 
@@ -633,6 +634,7 @@ def parse_invoice(item: object) -> PlatformInvoice:
         paper_number=paper_number,
         original_number=original_number(item),
         seal_failed=status_code == "24",
+        quota_exhausted=status == "failed" and codes.is_quota_failure(_text(item, "failCause")),
     )
 
 

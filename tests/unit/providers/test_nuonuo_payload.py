@@ -388,3 +388,21 @@ def test_number_fallbacks_and_computed_total() -> None:
 def test_malformed_items_are_reported(item: object) -> None:
     with pytest.raises(payload.MalformedResponse):
         payload.parse_invoice(item)
+
+
+def test_a_22_for_lack_of_monthly_quota_is_flagged_for_the_daemon() -> None:
+    """The provider, not the daemon, reads the failCause (an assumption: docs/platform-
+    assumptions.md, P4): a failed invoice whose cause says 额度不足 pauses its seller."""
+    quota = payload.parse_invoice(
+        {"serialNo": "s", "status": "22", "failCause": "当月发票总额度不足:额度100.00"}
+    )
+    assert (quota.status, quota.quota_exhausted) == ("failed", True)
+    other = payload.parse_invoice({"serialNo": "s", "status": "22", "failCause": "税局返回异常"})
+    assert other.quota_exhausted is False
+    # an issued invoice is never a quota failure, whatever text it carries
+    assert (
+        payload.parse_invoice(
+            {"serialNo": "s", "status": "2", "failCause": "额度不足"}
+        ).quota_exhausted
+        is False
+    )
