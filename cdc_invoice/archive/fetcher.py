@@ -24,7 +24,7 @@ from psycopg.types.json import Jsonb
 from cdc_invoice.archive import check, keep
 from cdc_invoice.daemon.backoff import retry_delay
 from cdc_invoice.db.queries import q
-from cdc_invoice.db.repository import DatabaseUnavailable, Repository
+from cdc_invoice.db.repository import SCHEMA_GONE, DatabaseUnavailable, Repository, schema_gone
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,11 @@ class Archiver:
         while True:
             try:
                 await self.run()
-            except Exception:
-                log.exception("archive: the archiver failed; restarting it in 10 s")
+            except Exception as exc:
+                if schema_gone(exc):  # uninstalled under us: the worker stops the daemon
+                    log.warning("archive: %s", SCHEMA_GONE)
+                else:
+                    log.exception("archive: the archiver failed; restarting it in 10 s")
                 await asyncio.sleep(10)
 
     async def run(self) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from cdc_invoice.db.queries import q
-from cdc_invoice.db.repository import DatabaseUnavailable, Repository
+from cdc_invoice.db.repository import SCHEMA_GONE, DatabaseUnavailable, Repository, schema_gone
 from cdc_invoice.errors import ProviderError
 from cdc_invoice.invoice.model import InvoiceLine, LineProperty
 from cdc_invoice.providers.base import BuyerSlip, Provider
@@ -129,8 +129,11 @@ async def run(
                 await sync_once(repo, provider)
             except DatabaseUnavailable as exc:
                 log.warning("buyer red-letter slips: %s", exc)
-            except Exception:  # a poller must neither die silently nor take the daemon down
-                log.exception("buyer red-letter slips: the sync failed; trying again later")
+            except Exception as exc:  # a poller must neither die silently nor take the daemon down
+                if schema_gone(exc):  # uninstalled under us: the worker stops the daemon
+                    log.warning("buyer red-letter slips: %s", SCHEMA_GONE)
+                else:
+                    log.exception("buyer red-letter slips: the sync failed; trying again later")
             seconds = max(seconds - (time.monotonic() - started), 0.1)
         else:
             seconds = 5.0  # off: look again later (SIGHUP may turn it on)

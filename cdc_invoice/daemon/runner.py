@@ -36,7 +36,13 @@ from cdc_invoice.daemon.pace_metrics import PaceCollector
 from cdc_invoice.daemon.worker import Worker
 from cdc_invoice.db import schema
 from cdc_invoice.db.rate_bucket import PgRateBucket
-from cdc_invoice.db.repository import KEEPALIVES, DatabaseUnavailable, Repository
+from cdc_invoice.db.repository import (
+    KEEPALIVES,
+    SCHEMA_GONE,
+    DatabaseUnavailable,
+    Repository,
+    schema_gone,
+)
 from cdc_invoice.db.token_store import PgTokenStore, fernet_for
 from cdc_invoice.errors import ConfigError
 from cdc_invoice.providers.nuonuo.adapter import NuonuoProvider
@@ -78,18 +84,6 @@ def build_provider(config: Config, repo: Repository) -> NuonuoProvider:
         max_connections=p.max_connections,
         verify=p.ca_file or True,
     )
-
-
-SCHEMA_GONE = (
-    "the cdc_invoice schema is gone (was `cdc-invoice uninstall` run?): stopping; "
-    "run `cdc-invoice install` before starting the daemon again"
-)
-
-
-def schema_gone(exc: BaseException) -> bool:
-    """The daemon's own tables or functions no longer exist: the schema was dropped under it."""
-    missing = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
-    return isinstance(exc, missing) and "cdc_invoice" in str(exc)
 
 
 async def run(

@@ -50,6 +50,18 @@ class DatabaseUnavailable(CdcInvoiceError):
     retryable = True
 
 
+SCHEMA_GONE = (
+    "the cdc_invoice schema is gone (was `cdc-invoice uninstall` run?): stopping; "
+    "run `cdc-invoice install` before starting the daemon again"
+)
+
+
+def schema_gone(exc: BaseException) -> bool:
+    """The daemon's own tables or functions no longer exist: the schema was dropped under it."""
+    missing = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
+    return isinstance(exc, missing) and "cdc_invoice" in str(exc)
+
+
 def _json_default(o: object) -> str:
     if isinstance(o, Decimal):
         return str(o)

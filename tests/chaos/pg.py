@@ -4,8 +4,8 @@ The test suite's embedded server (pgserver) cannot be restarted under a running 
 machine's server must not be, so the harness runs initdb/pg_ctl itself:
 
 * binaries: ``$CDC_INVOICE_CHAOS_PG_BINDIR`` if set (e.g. ``$(pg_config --bindir)``), else the
-  ones the pgserver wheel ships (a project dependency, so ``make`` always installs them), else
-  ``$(pg_config --bindir)``;
+  ones the pgserver wheel ships (a project dependency, so ``make`` always installs them) when
+  the server user can reach them, else ``$(pg_config --bindir)``, else a copy of pgserver's;
 * as root (CI), the server runs as an unprivileged OS user -- ``postgres`` if it exists, else
   ``pgserver`` (the user the embedded test server creates) -- because postgres refuses root;
 * data directory in a temporary directory owned by that user; TCP on 127.0.0.1 only (the
@@ -40,17 +40,39 @@ def find_bindir() -> Path:
     if env:
         return Path(env)
     spec = importlib.util.find_spec("pgserver")
-    if spec is not None and spec.origin is not None:
-        bindir = Path(spec.origin).parent / "pginstall" / "bin"
-        if (bindir / "pg_ctl").exists():
-            return bindir
+    shipped = (
+        Path(spec.origin).parent / "pginstall" / "bin"
+        if spec is not None and spec.origin is not None
+        else None
+    )
+    if shipped is not None and (shipped / "pg_ctl").exists() and _reachable(shipped):
+        return shipped
     pg_config = shutil.which("pg_config")
     if pg_config:
         out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True)
         return Path(out.stdout.strip())
+    if shipped is not None and (shipped / "pg_ctl").exists():
+        return _copy_for_others(shipped.parent) / "bin"
     raise RuntimeError(
         "no PostgreSQL binaries: install the project (make) or set CDC_INVOICE_CHAOS_PG_BINDIR"
     )
+
+
+def _reachable(path: Path) -> bool:
+    """Whether the unprivileged server user can run binaries under ``path``: as root, every
+    folder above it must let others in (a checkout in ``mktemp -d`` is 0700)."""
+    if os.geteuid() != 0:
+        return True
+    return all(p.stat().st_mode & 0o001 for p in [path, *path.parents])
+
+
+def _copy_for_others(install: Path) -> Path:
+    """pgserver's PostgreSQL tree copied where the server user can reach it (bin/ finds lib/
+    and share/ beside it)."""
+    target = Path(tempfile.mkdtemp(prefix="cdc-chaos-pg-"))
+    target.chmod(0o755)
+    shutil.copytree(install, target / "pginstall", symlinks=True)
+    return target / "pginstall"
 
 
 def _server_user() -> pwd.struct_passwd | None:
