@@ -93,6 +93,16 @@ CREATE TABLE cdc_invoice.source (
     attached_by   text NOT NULL DEFAULT current_user
 );
 
+-- kind and state are domains, not CHECK constraints: PostgreSQL re-parses a table's CHECK
+-- constraints at every INSERT/UPDATE execution, and the capture trigger's INSERT runs once per
+-- completed order (migration 0012).
+CREATE DOMAIN cdc_invoice.request_kind AS text
+    CONSTRAINT request_kind_check
+    CHECK (VALUE IN ('issue', 'reverse', 'void', 'deliver', 'refresh', 'confirm_slip'));
+CREATE DOMAIN cdc_invoice.request_state AS text
+    CONSTRAINT request_state_check
+    CHECK (VALUE IN ('pending', 'claimed', 'submitted', 'done', 'failed', 'cancelled'));
+
 -- The work queue. One row per (source, order_ref, kind, seq); the trigger writes it inside the
 -- order's own transaction, the daemon claims it with SKIP LOCKED and a lease.
 --   pending -> claimed -> (submitted ->) done | failed | cancelled
@@ -102,10 +112,9 @@ CREATE TABLE cdc_invoice.request (
     id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     source            text NOT NULL,
     order_ref         text NOT NULL,
-    kind              text NOT NULL CHECK (kind IN ('issue', 'reverse', 'void', 'deliver', 'refresh', 'confirm_slip')),
+    kind              cdc_invoice.request_kind NOT NULL,
     seq               integer NOT NULL DEFAULT 1,
-    state             text NOT NULL DEFAULT 'pending'
-                      CHECK (state IN ('pending', 'claimed', 'submitted', 'done', 'failed', 'cancelled')),
+    state             cdc_invoice.request_state NOT NULL DEFAULT 'pending',
     document          json,           -- issue: the order's document snapshot at commit (json:
                                       -- cheaper to build in the inventory's transaction)
     params            jsonb,          -- reverse/void/deliver/refresh: what was asked
@@ -342,4 +351,4 @@ CREATE TABLE cdc_invoice.rate_bucket (
 INSERT INTO cdc_invoice.schema_version (version, description) VALUES (1, 'initial'), (2, 'reconciliation'),
     (3, 'document json'), (4, 'red invoice index'), (5, 'tamper evident'), (6, 'finance'),
     (7, 'invoice files'), (8, 'lifecycle'), (9, 'buyer red slip'), (10, 'lifecycle edges'),
-    (11, 'peak');
+    (11, 'peak'), (12, 'request domains');
