@@ -1,4 +1,4 @@
-"""`python -m tests.bench [--quick] [--only capture,e2e,latency,scale,claim]`.
+"""`python -m tests.bench [--quick] [--only capture,capture-instructions,e2e,latency,scale,claim]`.
 
 Writes bench-results.json at the repository root and prints a table. See docs/benchmarks.md.
 """
@@ -39,11 +39,11 @@ def _freeze_code() -> Path:
 
 CODE = _freeze_code()
 
-from tests.bench import capture, claimscale, report  # noqa: E402
+from tests.bench import capture, claimscale, instructions, report  # noqa: E402
 from tests.bench.drain import Cell, Rig  # noqa: E402
 from tests.bench.env import ROOT, log, machine_info, open_server, percentile, summary  # noqa: E402
 
-SECTIONS = ("capture", "e2e", "latency", "scale", "claim")
+SECTIONS = ("capture", "capture-instructions", "e2e", "latency", "scale", "claim")
 EXTRA = ("capture-profile", "capture-realistic")  # not in the default run: `--only capture-profile`
 PEERS = ("procrastinate", "pgqueuer")
 
@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             results["capture_realistic"] = capture.run_realistic(server, quick=args.quick)
         if "capture-profile" in only:
             results["capture_profile"] = capture.run_profile(server, rounds=6, n=10000)
+        if "capture-instructions" in only:
+            results["capture_instructions"] = instructions.run(server)
         if {"e2e", "latency", "scale"} & set(only):
             rig = Rig(server, "cdc_bench_e2e", 500 if args.quick else 5000, workdir)
         max_rate = 0.0

@@ -481,29 +481,40 @@ def interleaved_32(
 def realistic(
     cap: Capture, *, reps: int, seconds: float, clients: tuple[int, ...]
 ) -> dict[str, Any]:
-    """The realistic shipping transaction, source detached ("none") and attached ("plugin"),
-    interleaved (the order flipped every repetition), at each client count."""
+    """The realistic shipping transaction, source detached ("none"), attached ("plugin") and
+    with the minimal inbox trigger in place of the generated one ("inbox": what the capture
+    would cost if it wrote a lean row that the daemon moves into ``request``), interleaved
+    (the order flipped every repetition), at each client count."""
     cap.prepare_realistic()
-    tps: dict[str, dict[int, list[float]]] = {"none": {}, "plugin": {}}
+    modes = ("none", "plugin", "inbox")
+    tps: dict[str, dict[int, list[float]]] = {m: {} for m in modes}
     for rep in range(reps):
         for c in clients:
-            for mode in ("none", "plugin") if rep % 2 == 0 else ("plugin", "none"):
-                cap.set_plugin(mode == "plugin")
+            for mode in modes if rep % 2 == 0 else tuple(reversed(modes)):
+                if mode == "inbox":
+                    cap.apply_variant("inbox")
+                else:
+                    cap.restore()
+                    cap.set_plugin(mode == "plugin")
                 v = cap.pgbench(c, seconds, realistic=True)
                 tps[mode].setdefault(c, []).append(v)
                 log(f"capture realistic rep {rep + 1} {c:>2} clients {mode:<6}: {v:8.0f} TPS")
+    cap.restore()
     cap.set_plugin(True)
+
+    def ratios(mode: str) -> dict[str, Any]:
+        return {
+            str(c): summary([n / p for n, p in zip(tps["none"][c], tps[mode][c], strict=True)], 3)
+            for c in clients
+        }
+
     return {
         "method": f"pgbench -M prepared, one transaction = status UPDATE + per line (5) one "
         f"stock decrement over {REALISTIC_SKUS} SKUs and one stock_movement INSERT",
         "skus": REALISTIC_SKUS,
         "tps": {m: {str(c): summary(v, 1) for c, v in by_c.items()} for m, by_c in tps.items()},
-        "ratio_by_clients": {
-            str(c): summary(
-                [n / p for n, p in zip(tps["none"][c], tps["plugin"][c], strict=True)], 3
-            )
-            for c in clients
-        },
+        "ratio_by_clients": ratios("plugin"),
+        "ratio_inbox_by_clients": ratios("inbox"),
     }
 
 

@@ -30,6 +30,9 @@ def headline(r: dict[str, Any]) -> None:
                 "target": "<= 1.15 (32 clients)",
                 "value": r["capture_overhead_ratio_realistic"],
             }
+            inbox = real.get("ratio_inbox_by_clients")
+            if inbox:  # no target: what a lean inbox row instead of the request row would give
+                r["capture_overhead_ratio_realistic_inbox"] = _m(inbox["32"])
         pr = part.get("proposed_32") or {}
         gen, floor = _m(pr.get("ratio_generated")), _m(pr.get("ratio_inbox"))
         if gen and floor:
@@ -38,6 +41,11 @@ def headline(r: dict[str, Any]) -> None:
                 "target": "<= 1.2 (generated trigger ratio / minimal inbox trigger ratio)",
                 "value": r["capture_vs_floor"],
             }
+    ins = r.get("capture_instructions")
+    if ins and "trigger_instructions" in ins:
+        # deterministic (callgrind): the trigger's server instructions per captured order
+        r["capture_trigger_instructions"] = ins["trigger_instructions"]["generated"]
+        r["capture_trigger_instructions_inbox"] = ins["trigger_instructions"]["inbox"]
     e2e = r.get("e2e")
     if e2e:
         at = e2e["latency_20ms"]
