@@ -173,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="run the daemon from a patched copy of cdc_invoice (measuring a proposal)",
     )
+    p.add_argument(
+        "--reps",
+        type=int,
+        default=0,
+        help="repetitions for --only capture-realistic (default 3; 1 with --quick)",
+    )
+    p.add_argument("--seconds", type=float, default=0, help="seconds per pgbench run, the same")
     args = p.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     for s in only:
@@ -206,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         if "capture" in only:
             results["capture"] = capture.run(server, quick=args.quick)
         if "capture-realistic" in only:
-            results["capture_realistic"] = capture.run_realistic(server, quick=args.quick)
+            results["capture_realistic"] = capture.run_realistic(
+                server, quick=args.quick, reps=args.reps or None, seconds=args.seconds or None
+            )
         if "capture-profile" in only:
             results["capture_profile"] = capture.run_profile(server, rounds=6, n=10000)
         if "capture-instructions" in only:

@@ -350,3 +350,52 @@ def test_upgrade_to_5_drops_the_guessed_clerk_of_sellers_that_never_issued(fresh
             conn.execute("UPDATE cdc_invoice.seller SET clerk = repeat('名', 21)")
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("UPDATE cdc_invoice.seller SET show_bank_account = 'all'")
+
+
+def test_upgrade_to_12_keeps_requests_and_still_refuses_unknown_kinds_and_states(
+    fresh_dsn: str,
+) -> None:
+    """0012: request.kind and .state become domains (PostgreSQL 15 re-parses a table's CHECK
+    constraints at every INSERT/UPDATE; a domain's check is prepared once per session). The rows
+    and their views survive, no table rewrite happens, and the same values are refused."""
+    _install_version(fresh_dsn, 11)
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO cdc_invoice.request (source, order_ref, kind, state) VALUES "
+            "('s', '1', 'issue', 'done'), ('s', '2', 'reverse', 'failed'), "
+            "('s', '3', 'issue', 'pending')"
+        )
+        filenode = conn.execute("SELECT pg_relation_filenode('cdc_invoice.request')").fetchone()
+    result = schema.install(fresh_dsn)
+    assert result.applied == ["migrations/0012_request_domains.sql"]
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT pg_relation_filenode('cdc_invoice.request')").fetchone() == (
+            filenode
+        )
+        assert conn.execute(
+            "SELECT order_ref, kind, state FROM cdc_invoice.request ORDER BY order_ref"
+        ).fetchall() == [
+            ("1", "issue", "done"),
+            ("2", "reverse", "failed"),
+            ("3", "issue", "pending"),
+        ]
+        types = conn.execute(
+            "SELECT attname, atttypid::regtype::text FROM pg_attribute "
+            "WHERE attrelid = 'cdc_invoice.request'::regclass AND attname IN ('kind', 'state') "
+            "ORDER BY attname"
+        ).fetchall()
+        assert types == [
+            ("kind", "cdc_invoice.request_kind"),
+            ("state", "cdc_invoice.request_state"),
+        ]
+        # the views dropped by the migration are back (reports.sql, lifecycle.sql)
+        assert (
+            conn.execute("SELECT count(*) FROM cdc_invoice.report_backlog").fetchone() is not None
+        )
+        assert conn.execute("SELECT count(*) FROM cdc_invoice.pending_red_slips").fetchone()
+        with pytest.raises(psycopg.errors.CheckViolation, match="request_kind_check"):
+            conn.execute(
+                "INSERT INTO cdc_invoice.request (source, order_ref, kind) VALUES ('s', '4', 'x')"
+            )
+        with pytest.raises(psycopg.errors.CheckViolation, match="request_state_check"):
+            conn.execute("UPDATE cdc_invoice.request SET state = 'lost' WHERE order_ref = '1'")
