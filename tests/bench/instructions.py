@@ -52,14 +52,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _runner(work: Path) -> list[str]:
+def _runner() -> list[str]:
     """PostgreSQL refuses to run as root: run it as ``postgres`` then."""
-    if os.geteuid() != 0:
-        return []
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+def _hand_over(work: Path, run_as: list[str]) -> None:
+    """Give the work directory (the cluster, scripts, callgrind's output) to the server's user."""
+    if not run_as:
+        return
     pw = pwd.getpwnam("postgres")
     for p in [work, *work.rglob("*")]:
         os.chown(p, pw.pw_uid, pw.pw_gid)
-    return ["runuser", "-u", "postgres", "--"]
 
 
 def _total(path: Path) -> int:
@@ -78,7 +82,8 @@ def run(server: Server, *, n: int = 300, orders: int = 2000) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="cdcbench-cg-"))
     data = work / "data"
     try:
-        run_as = _runner(work)
+        run_as = _runner()
+        _hand_over(work, run_as)
         subprocess.run(
             [*run_as, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
             check=True,
@@ -170,8 +175,7 @@ def _count(
     # single-user mode with -j: a command ends at a semicolon followed by an empty line
     script = "".join(c.replace("\n\n", "\n").rstrip().rstrip(";") + ";\n\n" for c in commands)
     (out / "script.sql").write_text(script, encoding="utf-8")
-    if run_as:
-        _runner(work)
+    _hand_over(work, run_as)
     with (out / "script.sql").open("rb") as stdin:
         done = subprocess.run(
             [

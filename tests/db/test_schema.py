@@ -389,10 +389,13 @@ def test_upgrade_to_12_keeps_requests_and_still_refuses_unknown_kinds_and_states
             ("state", "cdc_invoice.request_state"),
         ]
         # the views dropped by the migration are back (reports.sql, lifecycle.sql)
-        assert (
-            conn.execute("SELECT count(*) FROM cdc_invoice.report_backlog").fetchone() is not None
-        )
-        assert conn.execute("SELECT count(*) FROM cdc_invoice.pending_red_slips").fetchone()
+        views = ("report_backlog", "report_failures", "report_open", "pending_red_slips")
+        back = conn.execute(
+            "SELECT count(*) FROM unnest(%s::text[]) v "
+            "WHERE to_regclass('cdc_invoice.' || v) IS NOT NULL",
+            (list(views),),
+        ).fetchone()
+        assert back == (len(views),)
         with pytest.raises(psycopg.errors.CheckViolation, match="request_kind_check"):
             conn.execute(
                 "INSERT INTO cdc_invoice.request (source, order_ref, kind) VALUES ('s', '4', 'x')"
